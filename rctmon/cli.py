@@ -1,0 +1,149 @@
+"""The `rctmon` command line: parse arguments, load the configuration, hand over to one command.
+
+Commands import their modules lazily so that `rctmon --help` and the supervisor stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.config
+import sys
+from typing import Callable, Dict, List, Optional
+
+from rctmon import __version__
+from rctmon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dump, load
+
+log = logging.getLogger("rctmon")
+
+#: Loggers left at their level by --debug: they would drown the useful lines in noise.
+QUIET_LOGGERS = ("urllib3", "rctclient.frame", "asyncio")
+
+
+def setup_logging(config: Config, debug: bool = False, frame_debug: bool = False) -> None:
+    """Configure logging from the `logging` section; --debug turns (almost) every logger to DEBUG."""
+    logging.config.dictConfig(config.logging)
+    if debug:
+        logging.getLogger().setLevel(logging.DEBUG)
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.DEBUG)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+    frames = logging.getLogger("rctmon.frames")
+    frames.setLevel(logging.DEBUG if frame_debug else logging.INFO)
+    if frame_debug:
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.DEBUG)
+
+
+def _cmd_daemon(args: argparse.Namespace, config: Config) -> int:
+    from rctmon.supervisor import run_daemon
+
+    return run_daemon(config, config_path=args.config, debug=args.debug, frame_debug=args.frame_debug)
+
+
+def _cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    sys.stdout.write(dump(config))
+    return 0
+
+
+def _cmd_inventory(args: argparse.Namespace, config: Config) -> int:
+    from rctmon.collector.oneshot import inventory_command
+
+    return inventory_command(config, frame_debug=args.frame_debug)
+
+
+def _cmd_read(args: argparse.Namespace, config: Config) -> int:
+    from rctmon.collector.oneshot import read_command
+
+    return read_command(config, args.names, frame_debug=args.frame_debug)
+
+
+def _cmd_simulator(args: argparse.Namespace, config: Config) -> int:
+    from rctmon.simulator import options_from_args, run_simulator
+
+    return run_simulator(options_from_args(args))
+
+
+def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from rctmon.demo import run_demo
+
+    return run_demo(config, port=args.port, debug=args.debug)
+
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "daemon": _cmd_daemon,
+    "check-config": _cmd_check_config,
+    "inventory": _cmd_inventory,
+    "read": _cmd_read,
+    "simulator": _cmd_simulator,
+    "demo": _cmd_demo,
+}
+#: Commands that run without a configuration file (they use the defaults when none is given).
+NO_CONFIG_NEEDED = {"simulator", "demo"}
+
+
+def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8899, help="TCP port; 0 picks a free one (default: %(default)s)")
+    parser.add_argument("--name", default="rctmon simulator", help="inverter name (android_description)")
+    parser.add_argument("--generators", type=int, choices=(0, 1, 2), default=2, help="solar generators attached")
+    parser.add_argument("--battery-modules", type=int, default=3, choices=range(0, 8), metavar="{0..7}",
+                        help="battery modules (0: no battery)")
+    parser.add_argument("--no-power-switch", action="store_true", help="simulate an inverter without Power Switch")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
+    parser.add_argument("--drop-rate", type=float, default=0.0, help="fraction of requests never answered")
+    parser.add_argument("--corrupt-rate", type=float, default=0.0, help="fraction of answers with a corrupted byte")
+    parser.add_argument("--noise-rate", type=float, default=0.0,
+                        help="fraction of answers preceded by noise: unsolicited answers, echoes, AT+, extensions")
+    parser.add_argument("--disconnect-every", type=float, default=0.0, metavar="S",
+                        help="close every client connection after S seconds (0: never)")
+    parser.add_argument("--seed", type=int, default=None, help="seed the random faults (reproducible runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rctmon", description="Monitoring daemon for RCT Power inverters.")
+    parser.add_argument("-c", "--config", default=None,
+                        help=f"configuration file (default: {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--debug", action="store_true", help="log (almost) everything at DEBUG level")
+    parser.add_argument("--frame-debug", action="store_true", help="log every frame sent and received")
+    parser.add_argument("--version", action="version", version=f"rctmon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    sub.add_parser("daemon", help="run the monitoring daemon in the foreground")
+    sub.add_parser("check-config", help="validate the configuration and print it, secrets masked")
+    sub.add_parser("inventory", help="connect once, print what is attached and the current values")
+    read = sub.add_parser("read", help="read objects by their rctclient name and print the values")
+    read.add_argument("names", nargs="+", metavar="NAME")
+    add_simulator_arguments(sub.add_parser("simulator", help="run the built-in inverter simulator"))
+    demo = sub.add_parser("demo", help="run the simulator and the daemon with exposition on")
+    demo.add_argument("--port", type=int, default=None, help="metrics port (default: prometheus.bind_port)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = args.config
+    if path is None and args.command not in NO_CONFIG_NEEDED:
+        path = DEFAULT_CONFIG_PATH
+    try:
+        config = load(path) if path else Config()
+    except ConfigError as exc:
+        print(f"rctmon: {exc}", file=sys.stderr)
+        return 2
+    args.config = path
+    try:
+        setup_logging(config, debug=args.debug, frame_debug=args.frame_debug)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:
+        print(f"rctmon: logging: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    try:
+        return COMMANDS[args.command](args, config)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
