@@ -1,0 +1,1 @@
+"""Exporter processes: each consumes messages from the supervisor and hands readings on."""
