@@ -126,8 +126,9 @@ class Supervisor:
     """Runs the daemon until SIGTERM or SIGINT; see the module docstring."""
 
     def __init__(self, config: Config, config_path: Optional[str] = None,
-                 notifier: Optional[Notifier] = None) -> None:
+                 notifier: Optional[Notifier] = None, specs: Tuple[ChildSpec, ...] = CHILD_SPECS) -> None:
         self.config = config
+        self.specs = specs
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.selector = selectors.DefaultSelector()
@@ -153,7 +154,7 @@ class Supervisor:
         if self.config.prometheus.enable:
             self.listen_socket = self._bind(self.config)  # fail before any child starts when the port is taken
         self._install_signals()
-        for spec in CHILD_SPECS:
+        for spec in self.specs:
             if spec.enabled(self.config):
                 self.children[spec.name] = Child(spec)
                 self._spawn(self.children[spec.name])
@@ -532,7 +533,7 @@ class Supervisor:
         for warning in new.warnings:
             log.warning("%s", warning)
         self.config = new
-        for spec in CHILD_SPECS:
+        for spec in self.specs:
             child = self.children.get(spec.name)
             if spec.enabled(new) and child is None:
                 self.children[spec.name] = Child(spec)
