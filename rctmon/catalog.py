@@ -72,6 +72,37 @@ ABSURD_MAGNITUDE = 1e12
 
 
 @dataclass(frozen=True)
+class DisplayUnit:
+    """How values in one base unit are shown to people (MQTT payloads, Home Assistant).
+
+    Prometheus and InfluxDB keep base units. People and Home Assistant's Energy dashboard expect kWh and percent,
+    and Home Assistant releases before 2024 refuse joules for the energy device class, so MQTT converts.
+    """
+
+    symbol: str
+    factor: float  # multiply the base-unit value by this
+    device_class: Optional[str]  # Home Assistant sensor device class
+    state_class: str  # Home Assistant state class of a gauge in this unit (counters are always total_increasing)
+    precision: int  # decimals worth showing
+
+
+#: Keyed by the unit word that ends the metric name (before any `_total`); metrics without one have no unit.
+DISPLAY_UNITS: Mapping[str, DisplayUnit] = {
+    "watts": DisplayUnit("W", 1.0, "power", "measurement", 0),
+    "volts": DisplayUnit("V", 1.0, "voltage", "measurement", 1),
+    "amperes": DisplayUnit("A", 1.0, "current", "measurement", 2),
+    "hertz": DisplayUnit("Hz", 1.0, "frequency", "measurement", 2),
+    "celsius": DisplayUnit("°C", 1.0, "temperature", "measurement", 1),
+    # Day, month and year energy restart at zero: total_increasing reads a drop as a meter reset, as it should.
+    "joules": DisplayUnit("kWh", 1 / 3.6e6, "energy", "total_increasing", 2),
+    "ratio": DisplayUnit("%", 100.0, None, "measurement", 1),
+    "coulombs": DisplayUnit("Ah", 1 / 3600, None, "total_increasing", 1),
+}
+#: Metrics whose Home Assistant device class is narrower than their unit's (a battery's charge left is `battery`).
+DEVICE_CLASS_OVERRIDES: Mapping[str, str] = {"rctmon_battery_state_of_charge_ratio": "battery"}
+
+
+@dataclass(frozen=True)
 class Row:
     """One value (or one family of values, with an axis) as declared in the catalog."""
 
@@ -87,6 +118,25 @@ class Row:
     labels: Tuple[Tuple[str, str], ...] = ()  # fixed labels (and InfluxDB tags), e.g. (("sensor", "core"),)
     scale: float = 1.0  # multiply the raw value into the base unit
     magnitude: bool = False  # report abs(value): the inverter counts grid feed-in as negative energy
+
+    @property
+    def display_unit(self) -> Optional[DisplayUnit]:
+        """Return how this row's values are shown to people, or None for plain numbers, states and strings."""
+        base = self.metric[: -len("_total")] if self.metric.endswith("_total") else self.metric
+        return DISPLAY_UNITS.get(base.rsplit("_", 1)[-1])
+
+    @property
+    def device_class(self) -> Optional[str]:
+        unit = self.display_unit
+        return DEVICE_CLASS_OVERRIDES.get(self.metric, unit.device_class if unit else None)
+
+    @property
+    def state_class(self) -> Optional[str]:
+        """Return measurement, total_increasing, or None where statistics make no sense (states, strings)."""
+        if self.kind is Kind.COUNTER:
+            return "total_increasing"
+        unit = self.display_unit
+        return unit.state_class if unit else None
 
 
 @dataclass(frozen=True)
@@ -129,6 +179,14 @@ class Series:
         if self.row.scale != 1.0:
             return value * self.row.scale
         return value
+
+    def display(self, raw: object) -> object:
+        """Return the raw decoded value in its display unit (kWh, %, ...), for MQTT and Home Assistant."""
+        value = self.convert(raw)
+        unit = self.row.display_unit
+        if unit is None or unit.factor == 1.0 or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        return value * unit.factor
 
 
 def _r(object_name: str, metric: str, help: str, kind: Kind, tier: Tier, measurement: str, field: str,
@@ -275,4 +333,4 @@ def metric_families() -> Dict[str, Tuple[Row, ...]]:
 
 
 __all__ = ["ROWS", "SERIES", "SERIES_BY_ID", "SERIES_BY_NAME", "Row", "Series", "Tier", "Kind", "Needs", "Axis",
-           "enabled_series", "metric_families"]
+           "DisplayUnit", "DISPLAY_UNITS", "enabled_series", "metric_families"]

@@ -1,0 +1,486 @@
+"""The mqtt child process: every catalog value on its own MQTT topic, plus Home Assistant discovery.
+
+Topics (docs/mqtt.md has the whole scheme):
+
+    rctmon/<inverter name>/availability            online / offline (retained; offline is also the last will)
+    rctmon/<inverter name>/generator/a/power       1234.5   (W)
+    rctmon/<inverter name>/grid/feed_energy_total  2769.942 (kWh)
+
+The process keeps the latest value of every series in a cache bounded by the catalog and publishes from there: a
+value goes out when it changed or when its tier interval has passed, and everything goes out again after a
+reconnect. paho's network loop runs in a thread of its own; its callbacks only post events to this process's single
+loop, which also reads the supervisor's channel. Nothing here waits for the broker: a batch is acknowledged once it
+is in the cache, so a broker outage never holds up the supervisor or the collector.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import re
+import select
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from rctmon import proc
+from rctmon.catalog import ABSURD_MAGNITUDE, SERIES_BY_ID, Series, Tier
+from rctmon.channel import Channel, ChannelClosed
+from rctmon.config import Config, MqttConfig
+from rctmon.exporters import homeassistant as ha
+from rctmon.inventory import Inventory
+from rctmon.messages import Ack, DeviceStatus, Heartbeat, MqttStats, ReadingBatch, Started, Stop
+
+LOG = logging.getLogger("rctmon.mqtt")
+
+PROCESS = "mqtt"
+#: Seconds between keep-alive pings. It also bounds how long publishes can pile up inside paho on a broker that
+#: stopped reading without closing the connection: paho drops the connection after one unanswered ping.
+KEEPALIVE = 30
+RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY = 1, 10  # seconds; doubled after each failed attempt
+MAX_QUEUED_MESSAGES = 1000  # QoS 1 and 2 messages paho may hold while the broker has not acknowledged them
+STOP_GRACE = 1.0  # seconds for `offline` and the DISCONNECT to reach the broker when stopping
+#: A float32 carries about 7 significant digits; more would publish decoding noise (231.60000610351562).
+SIGNIFICANT_DIGITS = 7
+#: An unchanged value goes out again once this fraction of its tier interval has passed since it last went out.
+#: Readings arrive about once per interval, so each of them is published; a little early is fine, a whole interval
+#: late (jitter making it miss the mark) is not.
+REFRESH_FRACTION = 0.5
+AVAILABILITY = "availability"
+_UNSAFE_TOPIC = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def topic_level(text: str) -> str:
+    """Return `text` usable as one topic level: no `/`, no wildcards, no spaces (they trip up shell tools)."""
+    return _UNSAFE_TOPIC.sub("_", text).strip("_") or "_"
+
+
+def default_prefix(inventory: Inventory) -> Optional[str]:
+    """Return `rctmon/<inverter name>` (its serial number if it has no name); None while neither is known."""
+    ident = inventory.name or inventory.serial
+    return "rctmon/" + topic_level(ident) if ident else None
+
+
+def value_path(series: Series) -> str:
+    """Return the series' topic below the prefix: `<measurement>[/<axis value>]/<field>`, e.g. `generator/a/power`."""
+    parts = (series.row.measurement, ha.axis_value(series), series.row.field)
+    return "/".join(p for p in parts if p)
+
+
+def format_value(value: object) -> Optional[str]:
+    """Return the MQTT payload for a value in its display unit: a plain number or the string; None to skip it."""
+    if isinstance(value, str):
+        return value.rstrip("\x00")
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, float) or not math.isfinite(value):
+        return None
+    if value == 0:
+        return "0"
+    decimals = max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def payload_for(series: Series, raw: object) -> Optional[str]:
+    """Return the payload for a raw reading of `series`, or None when it is no number anyone should see."""
+    if isinstance(raw, float) and (not math.isfinite(raw) or abs(raw) > ABSURD_MAGNITUDE):
+        return None
+    return format_value(series.display(raw))
+
+
+@dataclass
+class Latest:
+    """The latest value of one series and what was last published of it."""
+
+    series: Series
+    text: str
+    taken_ns: int
+    sent_text: Optional[str] = None
+    sent_at: float = -math.inf
+
+
+class LatestValues:
+    """The latest value of every series and which of them are due; bounded by the catalog's size."""
+
+    def __init__(self, intervals: Mapping[Tier, float]) -> None:
+        self._refresh = {tier: REFRESH_FRACTION * seconds for tier, seconds in intervals.items()}
+        self._latest: Dict[int, Latest] = {}
+        self._due: Dict[int, None] = {}  # insertion-ordered set of object ids
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    def update(self, series: Series, text: str, taken_ns: int, now: float) -> bool:
+        """Record a reading; return False when it is older than the value already held."""
+        entry = self._latest.get(series.object_id)
+        if entry is None:
+            entry = self._latest[series.object_id] = Latest(series, text, taken_ns)
+        elif taken_ns < entry.taken_ns:
+            return False
+        entry.text, entry.taken_ns = text, taken_ns
+        if entry.text != entry.sent_text or now - entry.sent_at >= self._refresh.get(series.tier, 0.0):
+            self._due[series.object_id] = None
+        return True
+
+    def due(self) -> List[Latest]:
+        return [self._latest[oid] for oid in self._due]
+
+    def sent(self, entry: Latest, now: float) -> None:
+        entry.sent_text, entry.sent_at = entry.text, now
+        self._due.pop(entry.series.object_id, None)
+
+    def all_due(self) -> None:
+        """Mark every value for publishing again (after a reconnect, or when Home Assistant restarted)."""
+        self._due = dict.fromkeys(self._latest)
+
+
+class BrokerLink:
+    """One paho client and its network thread. Callbacks run in that thread and only post events."""
+
+    def __init__(self, cfg: MqttConfig, availability_topic: str) -> None:
+        self.cfg = cfg
+        self.availability_topic = availability_topic
+        self.published = 0  # written by the network thread only
+        self._events: "queue.SimpleQueue[Tuple[str, str]]" = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._gone = threading.Event()
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=True)
+        client.enable_logger(logging.getLogger("rctmon.mqtt.paho"))
+        client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
+        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+        client.will_set(availability_topic, ha.OFFLINE, qos=cfg.qos, retain=True)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password or None)
+        if cfg.tls.enable:
+            tls = cfg.tls
+            client.tls_set(ca_certs=tls.ca_file or None, certfile=tls.cert_file or None,
+                           keyfile=tls.key_file or None,
+                           cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED)
+            client.tls_insecure_set(tls.insecure)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self.client = client
+
+    def start(self) -> None:
+        """Start connecting in the network thread; name resolution and the TCP connect happen there too."""
+        self.client.connect_async(self.cfg.host, self.cfg.port, KEEPALIVE)
+        self.client.loop_start()
+
+    def fileno(self) -> int:
+        return self._wake_r.fileno()
+
+    def take_events(self) -> List[Tuple[str, str]]:
+        """Return the events the network thread posted, oldest first, without waiting."""
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError, OSError):
+            pass
+        events: List[Tuple[str, str]] = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def publish(self, topic: str, payload: str, retain: bool) -> bool:
+        """Hand a message to paho without waiting; return whether paho took it."""
+        try:
+            info = self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
+        except ValueError as exc:  # a topic with wildcards: the configured prefix is unusable
+            LOG.error("cannot publish to %r: %s", topic, exc)
+            return False
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def subscribe(self, topic: str) -> None:
+        self.client.subscribe(topic)
+
+    def close(self, say_offline: bool) -> None:
+        """Say `offline` (a clean disconnect does not trigger the last will), disconnect, stop the thread.
+
+        Bounded by STOP_GRACE: a broker that does not answer must not hold up the process's exit.
+        """
+        deadline = time.monotonic() + STOP_GRACE
+        if say_offline and self.client.is_connected():
+            info = self.client.publish(self.availability_topic, ha.OFFLINE, qos=self.cfg.qos, retain=True)
+            try:
+                info.wait_for_publish(timeout=STOP_GRACE / 2)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        # loop_stop joins the network thread without a timeout; join it from a helper thread that we can abandon.
+        stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(max(0.0, deadline - time.monotonic()))
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+    # --- network thread -----------------------------------------------------------------------------------------
+    def _post(self, kind: str, detail: str = "") -> None:
+        self._events.put((kind, detail))
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full (a wake-up is pending anyway) or closed (we are stopping)
+            pass
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object,
+                    properties: object) -> None:
+        failed = bool(getattr(reason, "is_failure", False))
+        self._post("refused" if failed else "connected", str(reason))
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        self._post("unreachable")
+
+    def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,
+                       properties: object) -> None:
+        self._gone.set()
+        self._post("disconnected", str(reason))
+
+    def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: object,
+                    properties: object) -> None:
+        self.published += 1
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        if message.payload == ha.ONLINE.encode():
+            self._post("ha_online")
+
+
+class MqttExporter:
+    """The state of the mqtt process and its single loop."""
+
+    def __init__(self, config: Config, channel: Channel) -> None:
+        self.cfg = config.mqtt
+        self.channel = channel
+        self.intervals = {tier: float(getattr(config.device.intervals, tier.value)) for tier in Tier}
+        self.values = LatestValues(self.intervals)
+        self.inventory: Optional[Inventory] = None
+        self.device_up: Optional[bool] = None  # None: not told yet; presumed reachable
+        self.prefix: Optional[str] = self.cfg.topic_prefix.strip("/") or None
+        self.link: Optional[BrokerLink] = None
+        self.connected = False
+        self.publish_errors = 0
+        self._published_by_closed_links = 0
+        self._topics: Dict[int, str] = {}
+        self._availability_sent: Optional[str] = None
+        self._details: Dict[str, str] = {}  # object name -> value, for device blocks (serials, versions)
+        self._discovery_wanted: Dict[str, str] = {}
+        self._discovery_sent: Dict[str, str] = {}  # what the broker holds, as far as we know
+        self._trouble_logged = False  # one warning per outage, not one per reconnect attempt
+        self._handlers: Mapping[type, Callable[[object], None]] = {
+            ReadingBatch: self._on_batch,  # type: ignore[dict-item]
+            Inventory: self._on_inventory,  # type: ignore[dict-item]
+            DeviceStatus: self._on_device_status,  # type: ignore[dict-item]
+        }
+        self._event_handlers: Mapping[str, Callable[[str], None]] = {
+            "connected": self._on_connected,
+            "disconnected": self._on_disconnected,
+            "refused": self._on_refused,
+            "unreachable": self._on_unreachable,
+            "ha_online": self._on_ha_online,
+        }
+
+    # --- loop -----------------------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Run until Stop arrives or the supervisor goes away; then say offline and disconnect."""
+        if self.prefix:
+            self._open_link()
+        self.channel.send(Started(PROCESS))
+        heartbeat = proc.Every(proc.HEARTBEAT_INTERVAL)
+        try:
+            while self._step(heartbeat):
+                pass
+        finally:
+            self._close_link()
+
+    def _step(self, heartbeat: proc.Every) -> bool:
+        """Wait for the channel, the network thread or the heartbeat, handle what came; False: time to stop."""
+        readers: List[Union[Channel, BrokerLink]] = [self.channel] + ([self.link] if self.link else [])
+        writers = [self.channel] if self.channel.pending_bytes else []
+        readable, writable, _ = select.select(readers, writers, [], heartbeat.remaining())
+        if writable:
+            self.channel.flush()
+        if self.link is not None and self.link in readable:
+            for kind, detail in self.link.take_events():
+                self._event_handlers[kind](detail)
+        running = True
+        if self.channel in readable:
+            try:
+                messages = self.channel.receive()
+            except ChannelClosed:
+                LOG.info("the supervisor has gone; stopping")
+                messages, running = [], False
+            for message in messages:
+                if isinstance(message, Stop):
+                    running = False
+                    break
+                handler = self._handlers.get(type(message))
+                if handler is not None:
+                    handler(message)
+        self._publish_due()
+        if heartbeat.due():
+            self._send_heartbeat()
+        return running
+
+    # --- messages from the supervisor ---------------------------------------------------------------------------
+    def _on_batch(self, batch: ReadingBatch) -> None:
+        now = time.monotonic()
+        details_changed = False
+        for object_id, raw, taken_ns in batch.readings:
+            series = SERIES_BY_ID.get(object_id)
+            text = payload_for(series, raw) if series is not None else None
+            if series is None or text is None or not self.values.update(series, text, taken_ns, now):
+                continue
+            if ha.is_detail(series) and self._details.get(series.object_name) != text:
+                self._details[series.object_name] = text
+                details_changed = True
+        if details_changed:
+            self._refresh_discovery()
+        self.channel.send(Ack(batch.seq))  # in the cache is handled: MQTT only ever carries the latest value
+
+    def _on_inventory(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+        prefix = default_prefix(inventory)
+        if not self.cfg.topic_prefix and prefix is not None and prefix != self.prefix:
+            self._retarget(prefix)
+        self._refresh_discovery()
+
+    def _on_device_status(self, status: DeviceStatus) -> None:
+        self.device_up = status.up
+        self._sync_availability()
+
+    # --- events from the network thread -------------------------------------------------------------------------
+    def _on_connected(self, detail: str) -> None:
+        LOG.info("connected to MQTT broker %s:%d", self.cfg.host, self.cfg.port)
+        self.connected, self._trouble_logged = True, False
+        self._availability_sent = None
+        self._sync_availability()
+        if self.cfg.discovery and self.link is not None:
+            self.link.subscribe(f"{self.cfg.discovery_prefix}/{ha.STATUS_TOPIC}")
+        self._sync_discovery(force=True)  # the broker may have restarted without its retained messages
+        self.values.all_due()
+
+    def _on_disconnected(self, detail: str) -> None:
+        self.connected = False
+        self._warn_once("lost the connection to MQTT broker %s:%d (%s); reconnecting", detail)
+
+    def _on_refused(self, detail: str) -> None:
+        self.connected = False
+        self._warn_once("MQTT broker %s:%d refused the connection: %s; retrying", detail, level=logging.ERROR)
+
+    def _on_unreachable(self, detail: str) -> None:
+        self.connected = False
+        self._warn_once("cannot reach MQTT broker %s:%d%s; retrying with backoff", detail)
+
+    def _on_ha_online(self, detail: str) -> None:
+        """Home Assistant restarted: without retained values it would show `unknown` until each value changes."""
+        self._sync_discovery(force=True)
+        self.values.all_due()
+
+    def _warn_once(self, text: str, detail: str, level: int = logging.WARNING) -> None:
+        if not self._trouble_logged:
+            LOG.log(level, text, self.cfg.host, self.cfg.port, detail)
+            self._trouble_logged = True
+
+    # --- publishing -----------------------------------------------------------------------------------------------
+    def _publish(self, topic: str, payload: str, retain: bool) -> bool:
+        if self.link is None or not self.connected:
+            return False
+        ok = self.link.publish(topic, payload, retain)
+        if not ok:
+            self.publish_errors += 1
+        return ok
+
+    def _publish_due(self) -> None:
+        if self.prefix is None or not self.connected:
+            return
+        now = time.monotonic()
+        for entry in self.values.due():
+            topic = self._topics.get(entry.series.object_id)
+            if topic is None:
+                topic = self._topics[entry.series.object_id] = f"{self.prefix}/{value_path(entry.series)}"
+            if not self._publish(topic, entry.text, self.cfg.retain):
+                return  # connection lost meanwhile: everything goes out again after the reconnect
+            self.values.sent(entry, now)
+
+    def _sync_availability(self) -> None:
+        wanted = ha.OFFLINE if self.device_up is False else ha.ONLINE
+        if self.prefix is None or wanted == self._availability_sent:
+            return
+        if self._publish(self._availability_topic(), wanted, retain=True):
+            self._availability_sent = wanted
+
+    def _refresh_discovery(self) -> None:
+        if not self.cfg.discovery or self.inventory is None or self.prefix is None:
+            return
+        prefix = self.prefix
+        self._discovery_wanted = ha.discovery_configs(
+            self.inventory, self.cfg.discovery_prefix, lambda s: f"{prefix}/{value_path(s)}",
+            self._availability_topic(), self.intervals, self._details)
+        self._sync_discovery(force=False)
+
+    def _sync_discovery(self, force: bool) -> None:
+        """Publish the configs that differ from what the broker holds; clear configs of vanished series."""
+        if not self.connected:
+            return
+        for topic, payload in self._discovery_wanted.items():
+            if (force or self._discovery_sent.get(topic) != payload) and self._publish(topic, payload, True):
+                self._discovery_sent[topic] = payload
+        for topic in [t for t in self._discovery_sent if t not in self._discovery_wanted]:
+            if self._publish(topic, "", retain=True):  # an empty retained config removes the entity
+                del self._discovery_sent[topic]
+
+    # --- the broker link ------------------------------------------------------------------------------------------
+    def _availability_topic(self) -> str:
+        return f"{self.prefix}/{AVAILABILITY}"
+
+    def _open_link(self) -> None:
+        try:
+            self.link = BrokerLink(self.cfg, self._availability_topic())
+            self.link.start()
+        except (OSError, ValueError) as exc:  # TLS files missing or unreadable, a prefix with wildcards
+            LOG.error("cannot set up the MQTT client (check mqtt.tls and mqtt.topic_prefix): %s", exc)
+            self.link = None
+
+    def _close_link(self) -> None:
+        if self.link is not None:
+            self.link.close(say_offline=self.connected)
+            self._published_by_closed_links += self.link.published
+            self.link, self.connected = None, False
+
+    def _retarget(self, prefix: str) -> None:
+        """Move to a new topic prefix (the inverter's name became known or changed); the will moves with it."""
+        LOG.info("publishing under %s", prefix)
+        self._close_link()
+        self.prefix = prefix
+        self._topics.clear()
+        self._availability_sent = None
+        self._open_link()
+
+    def _send_heartbeat(self) -> None:
+        rss, cpu = proc.resource_usage()
+        published = self._published_by_closed_links + (self.link.published if self.link else 0)
+        stats = MqttStats(connected=self.connected, messages_published=published, publish_errors=self.publish_errors)
+        self.channel.send(Heartbeat(PROCESS, os.getpid(), rss, cpu, stats))
+
+
+def run(config: Config, channel: Channel) -> None:
+    """Run the mqtt child until the supervisor says Stop or goes away."""
+    MqttExporter(config, channel).serve()
