@@ -7,34 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.config
 import sys
 from typing import Callable, Dict, List, Optional
 
 from rctmon import __version__
 from rctmon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dump, load
+from rctmon.logsetup import setup_logging
 
 log = logging.getLogger("rctmon")
-
-#: Loggers left at their level by --debug: they would drown the useful lines in noise.
-QUIET_LOGGERS = ("urllib3", "rctclient.frame", "asyncio")
-
-
-def setup_logging(config: Config, debug: bool = False, frame_debug: bool = False) -> None:
-    """Configure logging from the `logging` section; --debug turns (almost) every logger to DEBUG."""
-    logging.config.dictConfig(config.logging)
-    if debug:
-        logging.getLogger().setLevel(logging.DEBUG)
-        for handler in logging.getLogger().handlers:
-            handler.setLevel(logging.DEBUG)
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.INFO)
-    frames = logging.getLogger("rctmon.frames")
-    frames.setLevel(logging.DEBUG if frame_debug else logging.INFO)
-    if frame_debug:
-        for handler in logging.getLogger().handlers:
-            handler.setLevel(logging.DEBUG)
-
 
 def _cmd_daemon(args: argparse.Namespace, config: Config) -> int:
     from rctmon.supervisor import run_daemon

@@ -28,6 +28,7 @@ from rctmon import config as config_module
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config, ConfigError
 from rctmon.inventory import Inventory
+from rctmon.logsetup import setup_logging
 from rctmon.messages import (Ack, CollectorStats, DeviceStatus, Health, Heartbeat, InfluxStats, MqttStats,
                              ProcessHealth, ReadingBatch, Started, Stop)
 from rctmon.proc import Every, become_child, resource_usage, set_title
@@ -126,8 +127,10 @@ class Supervisor:
     """Runs the daemon until SIGTERM or SIGINT; see the module docstring."""
 
     def __init__(self, config: Config, config_path: Optional[str] = None,
-                 notifier: Optional[Notifier] = None, specs: Tuple[ChildSpec, ...] = CHILD_SPECS) -> None:
+                 notifier: Optional[Notifier] = None, specs: Tuple[ChildSpec, ...] = CHILD_SPECS,
+                 debug: bool = False, frame_debug: bool = False) -> None:
         self.config = config
+        self.log_flags = (debug, frame_debug)
         self.specs = specs
         self.config_path = config_path
         self.notifier = notifier or Notifier()
@@ -529,6 +532,10 @@ class Supervisor:
             if self.listen_socket is not None:
                 self.listen_socket.close()
             self.listen_socket = listen
+        try:
+            setup_logging(new, *self.log_flags)
+        except (ValueError, TypeError, AttributeError, ImportError) as exc:
+            log.error("SIGHUP: logging section invalid, keeping the running logging set-up: %s", exc)
         log.info("SIGHUP: configuration reloaded from %s; restarting children", self.config_path)
         for warning in new.warnings:
             log.warning("%s", warning)
@@ -582,7 +589,7 @@ def run_daemon(config: Config, config_path: Optional[str] = None, debug: bool = 
                frame_debug: bool = False) -> int:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     try:
-        return Supervisor(config, config_path).run()
+        return Supervisor(config, config_path, debug=debug, frame_debug=frame_debug).run()
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
