@@ -1,0 +1,344 @@
+"""Split the inverter's byte stream into answers, and decode their values.
+
+The stream is not clean. The inverter's network bridge copies every frame to every TCP client, so while the
+vendor's app is connected rctmon also sees its requests echoed, its `AT+\\r` and extension commands, answers it never
+asked for, plant frames, and bytes lost or corrupted on the way. Real inverters put a 0x00 byte in front of each
+frame. The framer therefore never trusts a start byte: it checks each candidate frame completely (command, length,
+escaping, CRC, object id) and, when a candidate fails, searches again from the byte after that candidate's start
+byte, so a real frame that garbage hid is still found. Each kind of rejection is counted.
+
+Wire format (rctclient `make_frame`): `+`, command, length (1 byte, 2 for long commands), [4-byte address for
+plant frames], 4-byte object id, payload, CRC16 over command..payload. After the start byte every `+` and `-` is
+escaped by a preceding `-`, so an unescaped `+` inside a frame means the frame was cut short.
+
+Hot path: `bytes.find` locates start and escape bytes and `binascii.crc_hqx` (the same CRC-CCITT that rctclient's
+bit-by-bit `CRC16` computes) checks the sum, so the per-byte work stays in C.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+from dataclasses import dataclass
+from typing import Callable, Container, Dict, List, Mapping, Optional, Tuple, Union
+
+from rctclient.registry import REGISTRY
+from rctclient.types import Command, DataType
+from rctclient.utils import decode_value
+
+from rctmon.catalog import ABSURD_MAGNITUDE
+
+START = b"+"
+ESCAPE = b"-"
+_START_BYTE = START[0]
+_ESCAPE_BYTE = ESCAPE[0]
+_CRC_INIT = 0xFFFF
+_ID_SIZE = 4
+_ADDRESS_SIZE = 4
+_CRC_SIZE = 2
+#: Largest length field accepted. Long answers (logger time series) are a few hundred bytes; anything beyond this
+#: is a corrupted length byte, and waiting for that many bytes would only delay the frames behind it.
+MAX_LENGTH = 4096
+
+#: Error kinds, as counted in `CollectorStats.decode_errors` and exported as `rctmon_decode_errors_total{kind}`.
+GARBAGE = "garbage"  # bytes between frames that are no frame (NUL prefixes excepted)
+CRC = "crc"  # checksum mismatch
+TRUNCATED = "truncated"  # a frame cut short: the next frame started before this one ended
+ABSURD_LENGTH = "absurd_length"  # a length field no real frame has
+UNKNOWN_OBJECT = "unknown_object"  # valid frame for an object id rctclient does not know
+PLANT_FRAME = "plant_frame"  # valid frame addressed to a plant member
+NOT_RESPONSE = "not_response"  # valid frame that is no answer: echoed requests, writes, AT+, extension commands
+BAD_PAYLOAD = "bad_payload"  # an answer whose payload does not decode as the object's type
+ABSURD_VALUE = "absurd_value"  # NaN, infinity or an impossible magnitude
+
+#: Noise the vendor's app sends that has no frame structure at all, recognised around its start byte.
+_NOISE_SIGNATURES: Tuple[Tuple[bytes, str], ...] = ((b"AT+\r", NOT_RESPONSE),)
+
+
+@dataclass(frozen=True)
+class _CommandInfo:
+    long: bool  # two-byte length field
+    plant: bool  # four-byte address before the object id
+    reject: Optional[str]  # error kind for a valid frame of this command; None: an answer we take
+    parsable: bool = True  # False: no known layout after the command byte (extension commands)
+
+
+def _command_table() -> Dict[int, _CommandInfo]:
+    """Describe every command byte rctclient knows; bytes absent from the table cannot start a frame."""
+    answers = (Command.RESPONSE, Command.LONG_RESPONSE)
+    table: Dict[int, _CommandInfo] = {}
+    for command in Command:
+        if command is Command._NONE:
+            continue
+        plant = Command.is_plant(command) and command is not Command.EXTENSION
+        reject = None if command in answers else (PLANT_FRAME if plant else NOT_RESPONSE)
+        table[int(command)] = _CommandInfo(Command.is_long(command), plant, reject,
+                                           parsable=command is not Command.EXTENSION)
+    return table
+
+
+_COMMANDS = _command_table()
+#: Every object id rctclient knows, with the type its answers carry.
+RESPONSE_TYPES: Mapping[int, DataType] = {info.object_id: info.response_data_type for info in REGISTRY.all()}
+
+
+def crc16(data: Union[bytes, bytearray]) -> int:
+    """Return rctclient's CRC16 of `data` (odd lengths padded with a zero byte), computed in C."""
+    if len(data) & 1:
+        return binascii.crc_hqx(bytes(data) + b"\x00", _CRC_INIT)
+    return binascii.crc_hqx(data, _CRC_INIT)
+
+
+class _Incomplete(Exception):
+    """The buffer ends before the frame does."""
+
+
+class _Broken(Exception):
+    """An unescaped start byte sits where the frame should continue."""
+
+
+def _take(buf: bytearray, pos: int, count: int) -> Tuple[bytes, int]:
+    """Return `count` unescaped bytes read from `buf` at `pos`, and the position after them.
+
+    Raises _Incomplete when the buffer runs out first and _Broken at an unescaped start byte.
+    """
+    size = len(buf)
+    stop = pos + count
+    escape = buf.find(ESCAPE, pos, min(stop, size))
+    start = buf.find(START, pos, escape if escape >= 0 else min(stop, size))
+    if start >= 0:
+        raise _Broken
+    if escape < 0:  # the common case: no escaped byte
+        if stop > size:
+            raise _Incomplete
+        return bytes(buf[pos:stop]), stop
+    out = bytearray()
+    while count:
+        limit = min(pos + count, size)
+        escape = buf.find(ESCAPE, pos, limit)
+        start = buf.find(START, pos, escape if escape >= 0 else limit)
+        if start >= 0:
+            raise _Broken
+        if escape < 0:
+            out += buf[pos:limit]
+            count -= limit - pos
+            pos = limit
+            if count:
+                raise _Incomplete
+            break
+        out += buf[pos:escape]
+        count -= escape - pos
+        if escape + 1 >= size:
+            raise _Incomplete
+        out.append(buf[escape + 1])  # an escaped byte is taken literally, whatever it is (as rctclient does)
+        count -= 1
+        pos = escape + 2
+    return bytes(out), pos
+
+
+_PARTIAL = "partial"
+
+
+def _noise_at(buf: bytearray, start: int, floor: int) -> Optional[Tuple[str, int, int]]:
+    """Return (kind, begin, end) when the start byte at `start` belongs to known non-frame noise such as `AT+\\r`.
+
+    The kind is _PARTIAL when the buffer ends inside the noise: its bytes are kept until the rest arrives.
+    """
+    for signature, kind in _NOISE_SIGNATURES:
+        begin = start - signature.index(START)
+        if begin < floor:
+            continue
+        if buf.startswith(signature, begin):
+            return kind, begin, begin + len(signature)
+        if len(buf) - begin < len(signature) and signature.startswith(bytes(buf[begin:])):
+            return _PARTIAL, begin, len(buf)
+    return None
+
+
+def _noise_head(buf: bytearray, floor: int) -> int:
+    """Return how many bytes at the end of `buf` may begin noise whose start byte has not arrived yet."""
+    for signature, _ in _NOISE_SIGNATURES:
+        head = signature[:signature.index(START)]
+        for size in range(len(head), 0, -1):
+            if len(buf) - size >= floor and buf.endswith(head[:size]):
+                return size
+    return 0
+
+
+#: Outcomes of parsing at one start byte.
+_OK, _REJECT, _INCOMPLETE, _NO_FRAME = range(4)
+Frame = Tuple[int, bytes]  # (object id, payload)
+
+
+class Framer:
+    """Turn received bytes into (object id, payload) of valid answers; count everything skipped.
+
+    `feed` never raises and never waits for bytes a valid frame behind the current one does not need: an incomplete
+    candidate is given up as soon as a later start byte begins a complete valid answer.
+    """
+
+    def __init__(self, errors: Optional[Dict[str, int]] = None, known: Container[int] = RESPONSE_TYPES) -> None:
+        self.errors: Dict[str, int] = errors if errors is not None else {}
+        self._known = known
+        self._buf = bytearray()
+        self._quiet = False  # skipped bytes belong to a frame already counted as rejected
+        self._in_garbage = False  # the current run of garbage has been counted
+        self.frames = 0  # valid answers returned
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back because they may be the start of an incomplete frame."""
+        return len(self._buf)
+
+    def _count(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def feed(self, data: bytes) -> List[Frame]:
+        """Add received bytes; return the answers completed by them, in stream order."""
+        buf = self._buf
+        buf += data
+        frames: List[Frame] = []
+        pos = 0
+        while True:
+            start = buf.find(START, pos)
+            if start < 0:
+                end = len(buf) - _noise_head(buf, pos)
+                self._skip(buf, pos, end)
+                pos = end
+                break
+            noise = _noise_at(buf, start, pos)
+            if noise is not None:
+                kind, noise_start, noise_end = noise
+                self._skip(buf, pos, noise_start)
+                if kind == _PARTIAL:
+                    pos = noise_start
+                    break
+                self._count(kind)
+                self._quiet = self._in_garbage = False
+                pos = noise_end
+                continue
+            self._skip(buf, pos, start)
+            outcome, result, end = self._parse(buf, start)
+            if outcome == _NO_FRAME:  # a "+" followed by no command: part of the garbage around it
+                pos = start + 1
+                continue
+            if outcome == _INCOMPLETE:
+                later = self._complete_later(buf, start)
+                if later is None:
+                    pos = start
+                    break
+                self._count(TRUNCATED)
+                self._quiet, self._in_garbage = True, False
+                pos = later
+                continue
+            self._in_garbage = False
+            if outcome == _OK:
+                frames.append(result)  # type: ignore[arg-type]
+                self._quiet = False
+                pos = end
+            else:
+                self._count(result)  # type: ignore[arg-type]
+                self._quiet = True
+                pos = start + 1  # a real frame may hide inside the rejected one
+        if pos:
+            del buf[:pos]
+        self.frames += len(frames)
+        return frames
+
+    def _skip(self, buf: bytearray, begin: int, end: int) -> None:
+        """Account for bytes skipped between frames: NUL prefixes are normal, anything else is garbage."""
+        if end <= begin or self._quiet or self._in_garbage:
+            return
+        if buf.count(0, begin, end) != end - begin:
+            self._count(GARBAGE)
+            self._in_garbage = True
+
+    def _complete_later(self, buf: bytearray, start: int) -> Optional[int]:
+        """Return the start of a complete valid answer after an incomplete candidate, if there is one.
+
+        Without this, garbage that looks like the start of a long frame would hold back the real answers behind it
+        until enough further bytes arrived.
+        """
+        later = buf.find(START, start + 1)
+        while later >= 0:
+            if self._parse(buf, later)[0] == _OK:
+                return later
+            later = buf.find(START, later + 1)
+        return None
+
+    def _parse(self, buf: bytearray, start: int) -> Tuple[int, Union[Frame, str, None], int]:
+        """Try to read one frame at `start`: (outcome, frame or error kind, position after the frame)."""
+        if start + 1 >= len(buf):
+            return _INCOMPLETE, None, start
+        info = _COMMANDS.get(buf[start + 1])
+        if info is None:
+            return _NO_FRAME, None, start
+        if not info.parsable:
+            return _REJECT, NOT_RESPONSE, start + 2
+        try:
+            header, pos = _take(buf, start + 1, 3 if info.long else 2)
+            length = int.from_bytes(header[1:], "big")
+            minimum = _ID_SIZE + (_ADDRESS_SIZE if info.plant else 0)
+            if not minimum <= length <= MAX_LENGTH:
+                return _REJECT, ABSURD_LENGTH, pos
+            body, end = _take(buf, pos, length + _CRC_SIZE)
+        except _Incomplete:
+            return _INCOMPLETE, None, start
+        except _Broken:
+            return _REJECT, TRUNCATED, start + 1
+        if crc16(header + body[:length]) != int.from_bytes(body[length:], "big"):
+            return _REJECT, CRC, end
+        if info.reject is not None:
+            return _REJECT, info.reject, end
+        object_id = int.from_bytes(body[:_ID_SIZE], "big")
+        if object_id not in self._known:
+            return _REJECT, UNKNOWN_OBJECT, end
+        return _OK, (object_id, body[_ID_SIZE:length]), end
+
+
+class Invalid:
+    """Marker for a payload that did not decode to a usable value (already counted)."""
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID = Invalid()
+#: rctclient's decoder, typed for a data type known only at run time (its overloads want a literal type).
+_decode_value: Callable[[DataType, bytes], object] = decode_value  # type: ignore[assignment]
+Value = Union[bool, int, float, str]
+
+
+def _check_number(value: float) -> bool:
+    return math.isfinite(value) and abs(value) <= ABSURD_MAGNITUDE
+
+
+class Decoder:
+    """Decode answer payloads by the object's registry type; count and drop payloads that make no sense."""
+
+    def __init__(self, errors: Optional[Dict[str, int]] = None,
+                 types: Mapping[int, DataType] = RESPONSE_TYPES) -> None:
+        self.errors: Dict[str, int] = errors if errors is not None else {}
+        self._types = types
+
+    def _count(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def decode(self, object_id: int, payload: bytes) -> Union[object, Invalid]:
+        """Return the value, or INVALID (counted as bad_payload or absurd_value)."""
+        data_type = self._types.get(object_id)
+        if data_type is None:
+            self._count(UNKNOWN_OBJECT)
+            return INVALID
+        try:
+            value = _decode_value(data_type, payload)
+        except Exception:  # noqa: BLE001 - struct.error, UnicodeDecodeError, asserts in rctclient's table decoders
+            self._count(BAD_PAYLOAD)
+            return INVALID
+        if isinstance(value, float) and not _check_number(value):
+            self._count(ABSURD_VALUE)
+            return INVALID
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > ABSURD_MAGNITUDE:
+            self._count(ABSURD_VALUE)
+            return INVALID
+        return value
