@@ -1,0 +1,316 @@
+"""The collector process: keep one connection to the inverter, discover its inventory, poll it, report readings.
+
+`Collector` is the long-running logic and knows nothing about processes: it reports through a `Sink`. `run` is the
+child process' main: it connects a `Collector` to the supervisor's `Channel` inside one asyncio loop, sends
+heartbeats, and exits promptly on `Stop` or when the supervisor goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+
+from rctmon.catalog import SERIES_BY_ID, Tier, enabled_series
+from rctmon.channel import Channel, ChannelClosed
+from rctmon.collector.connection import (RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX, InverterConnection, LinkDown,
+                                         Silence, describe, open_connection, reconnect_policy)
+from rctmon.collector.discovery import INVENTORY_IDS, discover
+from rctmon.collector.framer import INVALID, Decoder, Frame
+from rctmon.collector.scheduler import Poller, TierClock, Window, ids_by_tier
+from rctmon.config import Config
+from rctmon.inventory import Inventory
+from rctmon.messages import CollectorStats, DeviceStatus, Heartbeat, Reading, ReadingBatch, Started, Stop
+from rctmon.proc import HEARTBEAT_INTERVAL, resource_usage
+
+try:
+    from typing import Protocol
+except ImportError:  # pragma: no cover - Python < 3.8
+    Protocol = object  # type: ignore[assignment,misc]
+
+log = logging.getLogger("rctmon.collector")
+
+#: Readings wait at most this long for the rest of their burst before they are sent as one batch.
+FLUSH_DELAY = 0.15
+#: Every object whose answers the collector decodes: catalog series and inventory objects.
+TRACKED_IDS: FrozenSet[int] = frozenset(SERIES_BY_ID) | frozenset(INVENTORY_IDS)
+#: How long the process waits at exit for the channel to take its last messages.
+DRAIN_TIMEOUT = 0.5
+
+
+class Sink(Protocol):
+    """Where the collector reports to (the supervisor's channel, or a test)."""
+
+    def status(self, up: bool, reason: str) -> None: ...
+
+    def inventory(self, inventory: Inventory) -> None: ...
+
+    def readings(self, readings: Tuple[Reading, ...]) -> None: ...
+
+
+class Collector:
+    """Connect, discover, poll by tier, batch readings; reconnect with backoff whenever the connection fails."""
+
+    def __init__(self, config: Config, sink: Sink, stats: Optional[CollectorStats] = None,
+                 reconnect_wait: Tuple[float, float] = (RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX)) -> None:
+        self._device = config.device
+        self._reconnect_wait = reconnect_wait
+        self._sink = sink
+        self.stats = stats if stats is not None else CollectorStats()
+        self._window = Window(self._device.max_in_flight)  # kept across reconnects: it describes the peer
+        self._decoder = Decoder(self.stats.decode_errors)
+        self.inventory: Optional[Inventory] = None
+        self._tiers: Dict[Tier, Tuple[int, ...]] = {}
+        self._pending: List[Reading] = []
+        self._flush_handle: Optional[asyncio.TimerHandle] = None
+        self._up: Optional[bool] = None
+        self._answered = False
+
+    @property
+    def address(self) -> str:
+        return f"{self._device.host}:{self._device.port}"
+
+    async def run(self) -> None:
+        """Run until cancelled. A session that got answers reconnects at once; failures back off (tenacity)."""
+        while True:
+            await reconnect_policy(*self._reconnect_wait)(self._session)
+
+    async def _session(self) -> None:
+        """One connection, from connect to loss. Return if the inverter answered on it, else raise why not."""
+        device = self._device
+        try:
+            connection = await open_connection(device.host, device.port, device.connect_timeout, self.stats)
+        except LinkDown as exc:
+            self._set_up(False, str(exc))
+            raise
+        log.info("connected to %s", self.address)
+        self._answered = False
+        assert connection.link is not None
+        poller = Poller(connection.link, self._window, self.stats, device.request_timeout, on_idle=self.flush)
+        connection.on_frames = lambda frames, ns: self._on_frames(poller, frames, ns)
+        ready = asyncio.Event()
+        tasks = [asyncio.ensure_future(self._inventory_loop(poller, ready)),
+                 asyncio.ensure_future(self._poll_loop(poller, ready)),
+                 asyncio.ensure_future(self._watchdog(poller))]
+        try:
+            waiters: List["asyncio.Future[Any]"] = [*tasks, connection.closed]
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            reason = self._why_ended(done, connection)
+        finally:
+            for task in tasks:
+                task.cancel()
+            connection.close()
+            poller.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.flush()
+        self._set_up(False, describe(reason))
+        if not self._answered:
+            raise reason
+
+    @staticmethod
+    def _why_ended(done: Set["asyncio.Future[Any]"], connection: InverterConnection) -> LinkDown:
+        for future in done:
+            if future is connection.closed:
+                result = future.result()
+                assert isinstance(result, LinkDown)
+                return result
+            exc = future.exception()
+            if isinstance(exc, LinkDown):
+                return exc
+            if exc is not None:
+                raise exc  # a bug: let the process die and the supervisor restart it
+        raise RuntimeError("a collector task ended without a reason")
+
+    def _on_frames(self, poller: Poller, frames: List[Frame], arrived_ns: int) -> None:
+        """Decode answers for tracked objects (wherever they came from: the bridge copies the app's answers too)."""
+        now = asyncio.get_running_loop().time()
+        poller.heard()
+        if not self._answered:
+            self._answered = True
+            self._set_up(True, f"connected to {self.address}")
+        pending = self._pending
+        decode = self._decoder.decode
+        readings = 0
+        for object_id, payload in frames:
+            if object_id not in TRACKED_IDS:
+                continue
+            value = decode(object_id, payload)
+            if value is not INVALID and object_id in SERIES_BY_ID:
+                pending.append((object_id, value, arrived_ns))  # type: ignore[arg-type]
+                readings += 1
+            poller.resolve(object_id, value, now)  # may flush when this answer completes a burst
+        if readings:
+            self.stats.readings += readings
+            self.stats.last_reading_ns = arrived_ns
+        if self._pending and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Send the readings collected so far as one batch."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._pending:
+            batch = tuple(self._pending)
+            self._pending.clear()
+            self._sink.readings(batch)
+
+    async def _inventory_loop(self, poller: Poller, ready: asyncio.Event) -> None:
+        """Discover the inventory on every new connection, then check it again periodically."""
+        intervals = self._device.intervals
+        first = True
+        while True:
+            inventory = await discover(poller)
+            self._apply_inventory(inventory, announce=first)
+            first = False
+            ready.set()
+            # an incomplete inventory (an object did not answer) is completed sooner than a full one is re-checked
+            await asyncio.sleep(intervals.static if inventory.complete else intervals.medium)
+
+    def _apply_inventory(self, inventory: Inventory, announce: bool) -> None:
+        changed = inventory != self.inventory
+        self.inventory = inventory
+        self.stats.inventory_complete = inventory.complete
+        self._tiers = ids_by_tier(enabled_series(inventory))
+        if changed:
+            log.info("inventory: %s", inventory.summary())
+        if changed or announce:
+            self._sink.inventory(inventory)
+
+    async def _poll_loop(self, poller: Poller, ready: asyncio.Event) -> None:
+        """Ask each tier's objects when the tier is due; the poller paces the requests."""
+        await ready.wait()
+        loop = asyncio.get_running_loop()
+        clock = TierClock(self._device.intervals, loop.time())
+        while True:
+            for tier in clock.due(loop.time()):
+                poller.ask(self._tiers.get(tier, ()))
+            await asyncio.sleep(max(0.0, clock.next_due() - loop.time()))
+
+    async def _watchdog(self, poller: Poller) -> None:
+        """Raise Silence when requests have gone unanswered for `silence_timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        limit = self._device.silence_timeout
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            since = poller.waiting_since
+            if since is not None and loop.time() - since > limit:
+                raise Silence(f"no answer for {limit:g} s")
+
+    def _set_up(self, up: bool, reason: str) -> None:
+        if up == self._up:
+            return
+        self._up = up
+        if up:
+            log.info("inverter at %s is answering", self.address)
+        else:
+            log.warning("inverter at %s is down: %s", self.address, reason)
+        self._sink.status(up, reason)
+
+
+class ChannelSink:
+    """Report to the supervisor over a non-blocking channel; the loop writes the rest when the socket takes it."""
+
+    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
+        self._channel = channel
+        self._loop = loop
+        self._writing = False
+        self._drained = asyncio.Event()
+        self.dropped = 0
+
+    def send(self, message: object) -> None:
+        if not self._channel.send(message):
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("supervisor is not reading; %d messages dropped", self.dropped)
+        self._watch()
+
+    def status(self, up: bool, reason: str) -> None:
+        self.send(DeviceStatus(up, reason))
+
+    def inventory(self, inventory: Inventory) -> None:
+        self.send(inventory)
+
+    def readings(self, readings: Tuple[Reading, ...]) -> None:
+        self.send(ReadingBatch(readings))
+
+    def _watch(self) -> None:
+        if self._channel.pending_bytes and not self._channel.closed and not self._writing:
+            self._drained.clear()
+            self._loop.add_writer(self._channel.fileno(), self._writable)
+            self._writing = True
+
+    def _writable(self) -> None:
+        self._channel.flush()
+        if not self._channel.pending_bytes or self._channel.closed:
+            self._loop.remove_writer(self._channel.fileno())
+            self._writing = False
+            self._drained.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for queued messages to be written."""
+        if self._writing:
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("exiting with %d bytes the supervisor did not take", self._channel.pending_bytes)
+
+    def close(self) -> None:
+        if self._writing and not self._channel.closed:
+            self._loop.remove_writer(self._channel.fileno())
+        self._writing = False
+
+
+async def _heartbeats(sink: ChannelSink, stats: CollectorStats) -> None:
+    pid = os.getpid()
+    while True:
+        rss, cpu = resource_usage()
+        sink.send(Heartbeat("collector", pid, rss, cpu, stats))
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
+async def _main(config: Config, channel: Channel) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    fd = channel.fileno()
+
+    def readable() -> None:
+        try:
+            messages = channel.receive()
+        except ChannelClosed:
+            log.info("supervisor gone; stopping")
+            loop.remove_reader(fd)
+            stopping.set()
+            return
+        if any(isinstance(message, Stop) for message in messages):
+            log.info("stopping")
+            stopping.set()
+
+    sink = ChannelSink(channel, loop)
+    loop.add_reader(fd, readable)
+    sink.send(Started("collector"))
+    stats = CollectorStats()
+    collector = Collector(config, sink, stats)
+    work = asyncio.ensure_future(collector.run())
+    beats = asyncio.ensure_future(_heartbeats(sink, stats))
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        done, _ = await asyncio.wait([work, beats, stop], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_reader(fd)
+        for task in (work, beats, stop):
+            task.cancel()
+        await asyncio.gather(work, beats, stop, return_exceptions=True)
+        collector.flush()
+        if not channel.closed:
+            await sink.drain(DRAIN_TIMEOUT)
+        sink.close()
+    for finished in done:
+        if finished is not stop and not finished.cancelled() and finished.exception() is not None:
+            raise finished.exception()  # type: ignore[misc]
+
+
+def run(config: Config, channel: Channel) -> None:
+    """Collector process main: report to the supervisor over `channel` until Stop or until the channel closes."""
+    asyncio.run(_main(config, channel))

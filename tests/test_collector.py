@@ -1,0 +1,606 @@
+"""The collector: read-only send layer, request window, discovery, polling, reconnects, and the child process.
+
+Integration tests run the collector against the built-in simulator on loopback (and, for outages and night
+silence, against small servers and a muting proxy started here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import pkgutil
+import re
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rctclient.frame import ReceiveFrame, make_frame
+from rctclient.registry import REGISTRY
+from rctclient.types import Command
+
+from rctmon.catalog import SERIES_BY_ID, enabled_series
+from rctmon.channel import Channel
+import rctmon.collector as collector_package
+from rctmon.collector.connection import InverterConnection, ReadOnlyLink
+from rctmon.collector.discovery import INVENTORY_IDS, NAME_ID
+from rctmon.collector.framer import INVALID, RESPONSE_TYPES
+from rctmon.collector.process import Collector, run
+from rctmon.collector.scheduler import MAX_ATTEMPTS, Poller, TierClock, Window
+from rctmon.config import Config, Intervals
+from rctmon.inventory import Inventory
+from rctmon.messages import (RESPONSE_BUCKETS, CollectorStats, DeviceStatus, Heartbeat, ReadingBatch, Started, Stop)
+from rctmon.simulator import SimulatorOptions, SimulatorThread
+
+REGISTRY_IDS = sorted(RESPONSE_TYPES)
+SOC = REGISTRY.get_by_name("battery.soc").object_id
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+def parse_requests(data: bytes) -> List[Tuple[Command, int]]:
+    """Split bytes a client sent into (command, object id) with rctclient's own parser."""
+    out = []
+    while data:
+        frame = ReceiveFrame()
+        used = frame.consume(data)
+        assert frame.complete(), data.hex()
+        out.append((frame.command, frame.id))
+        data = data[used:]
+    return out
+
+
+def device_config(port: int, **device: Any) -> Config:
+    config = Config()
+    config.device.host, config.device.port = "127.0.0.1", port
+    config.device.intervals = Intervals(fast=0.5, medium=1.0, slow=2.0, static=5.0)
+    for key, value in device.items():
+        setattr(config.device, key, value)
+    return config
+
+
+class RecordingSink:
+    """Collects what a Collector reports, in order."""
+
+    def __init__(self) -> None:
+        self.events: List[Tuple[str, Any]] = []
+
+    def status(self, up: bool, reason: str) -> None:
+        self.events.append(("status", (up, reason)))
+
+    def inventory(self, inventory: Inventory) -> None:
+        self.events.append(("inventory", inventory))
+
+    def readings(self, readings: Tuple[Any, ...]) -> None:
+        self.events.append(("readings", readings))
+
+    def of(self, kind: str) -> List[Any]:
+        return [payload for k, payload in self.events if k == kind]
+
+    @property
+    def readings_flat(self) -> List[Tuple[int, Any, int]]:
+        return [r for batch in self.of("readings") for r in batch]
+
+    def series_seen(self) -> set:
+        return {object_id for object_id, _, _ in self.readings_flat}
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, message: str) -> None:
+    """support.wait_for for code inside the event loop: poll `predicate` without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(0.02)
+
+
+def run_collector(config: Config, scenario: Callable[[Collector, RecordingSink], Awaitable[None]],
+                  reconnect_wait: Tuple[float, float] = (0.05, 0.5)) -> Tuple[Collector, RecordingSink]:
+    """Run a Collector while `scenario` runs; stop it afterwards, also when the scenario fails."""
+    sink = RecordingSink()
+    collector = Collector(config, sink, reconnect_wait=reconnect_wait)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(collector.run())
+        try:
+            await scenario(collector, sink)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    return collector, sink
+
+
+@pytest.fixture
+def simulator() -> Iterator[Callable[..., SimulatorThread]]:
+    started: List[SimulatorThread] = []
+
+    def start(**options: Any) -> SimulatorThread:
+        sim = SimulatorThread(SimulatorOptions(**options)).start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+def assert_values_were_sent(sim: SimulatorThread, readings: List[Tuple[int, Any, int]]) -> None:
+    """Every reported value is one the simulator sent intact: nothing was decoded from corrupted bytes."""
+    sent: Dict[int, list] = {}
+    for object_id, value, _ in readings:
+        if object_id not in sent:
+            sent[object_id] = sim.sent_values(object_id)
+        assert value in sent[object_id], (SERIES_BY_ID[object_id].object_name, value)
+
+
+# --- read-only by construction -------------------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(ids=st.lists(st.sampled_from(REGISTRY_IDS), min_size=1, max_size=20))
+def test_the_send_layer_writes_nothing_but_read_frames(ids: List[int]) -> None:
+    written: List[bytes] = []
+    stats = CollectorStats()
+    link = ReadOnlyLink(written.append, stats)
+    assert link.read(ids) == len(ids)
+    assert parse_requests(b"".join(written)) == [(Command.READ, i) for i in ids]
+    assert stats.frames_sent == len(ids) and stats.bytes_sent == sum(map(len, written))
+
+
+@pytest.mark.parametrize("bad", [
+    make_frame(Command.WRITE, SOC, b"\x00\x00\x00\x00"),  # raw bytes of a WRITE
+    Command.WRITE,  # a command where an id belongs
+    True,
+    float(SOC),
+    str(SOC),
+    -1,
+    2 ** 40,
+    next(i for i in range(1, 10_000) if i not in RESPONSE_TYPES),  # not a registry object
+])
+def test_the_send_layer_refuses_anything_but_a_registry_object_id(bad: Any) -> None:
+    written: List[bytes] = []
+    link = ReadOnlyLink(written.append, CollectorStats())
+    with pytest.raises((TypeError, ValueError)):
+        link.read([bad])
+    with pytest.raises((TypeError, ValueError)):
+        link.read([SOC, bad])  # one bad id spoils the whole burst: nothing is written
+    assert written == []
+
+
+def test_the_send_layer_has_no_other_way_to_send() -> None:
+    assert [name for name in dir(ReadOnlyLink) if not name.startswith("_")] == ["read"]
+    assert "__dict__" not in dir(ReadOnlyLink)  # slots only: nothing can be attached to it later
+    public = {name for name in dir(InverterConnection) if not name.startswith("_")}
+    assert not {"write", "send", "transport", "writelines"} & public
+    # the only frame the collector package ever builds is the READ in ReadOnlyLink
+    calls = []
+    for module in pkgutil.iter_modules(collector_package.__path__):
+        source = inspect.getsource(importlib.import_module(f"rctmon.collector.{module.name}"))
+        calls += re.findall(r"make_frame\(([^)]*)\)", source)
+    assert calls == ["Command.READ, object_id"]
+
+
+# --- the window ----------------------------------------------------------------------------------------------------
+
+def test_window_halves_on_loss_drops_to_one_on_timeout_and_cuts_once_per_event() -> None:
+    window = Window(16)
+    assert window.limit == 16
+    window.loss(sent_at=1.0, now=2.0)
+    assert window.limit == 8
+    window.loss(sent_at=1.5, now=2.1)  # sent before the cut: the same event
+    assert window.limit == 8
+    window.timeout(sent_at=2.5, now=3.0)
+    assert window.limit == 1
+
+
+def test_window_grows_back_and_probes_a_size_that_lost_requests_ever_more_rarely() -> None:
+    window = Window(16)
+    window.loss(0.0, 1.0)  # 16 lost: ceiling 16, size 8
+    for _ in range(8 + 9 + 10 + 11 + 12 + 13 + 14):
+        window.success()
+    assert window.limit == 15  # additive increase: one per window of answers
+    for _ in range(Window.PATIENCE - 1):
+        window.success()
+    assert window.limit == 15  # the size that lost requests needs patience
+    window.success()
+    assert window.limit == 16
+    window.loss(2.0, 3.0)  # the probe failed: twice the patience next time
+    assert window.limit == 8 and window.patience == 2 * Window.PATIENCE
+    peer_limit = Window(16)
+    peer_limit.timeout(0.0, 1.0)
+    lost = 0
+    for step in range(2000):  # a peer that loses every request beyond one in flight
+        if peer_limit.limit > 1:
+            lost += 1
+            peer_limit.loss(float(step), float(step) + 0.5)
+        else:
+            peer_limit.success()
+    assert lost <= 10  # probing backs off exponentially instead of losing a request every few answers
+
+
+# --- the poller ----------------------------------------------------------------------------------------------------
+
+class Wire:
+    """A ReadOnlyLink whose bytes are kept for the test."""
+
+    def __init__(self) -> None:
+        self.data: List[bytes] = []
+        self.stats = CollectorStats()
+        self.link = ReadOnlyLink(self.data.append, self.stats)
+
+    def take(self) -> List[int]:
+        ids = [object_id for _, object_id in parse_requests(b"".join(self.data))]
+        self.data.clear()
+        return ids
+
+
+def test_poller_pipelines_within_the_window_and_measures_round_trips() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        poller = Poller(wire.link, Window(4), wire.stats, request_timeout=5.0)
+        ids = REGISTRY_IDS[:10]
+        poller.ask(ids)
+        assert wire.take() == ids[:4] and poller.in_flight == 4
+        now = asyncio.get_running_loop().time()
+        poller.resolve(ids[0], 1.0, now + 0.03)
+        assert wire.take() == [ids[4]]
+        poller.resolve(ids[1], 1.0, now + 0.2)
+        assert wire.stats.response_count == 2
+        assert wire.stats.response_buckets == tuple(int(b >= 0.03) + int(b >= 0.2) for b in RESPONSE_BUCKETS)
+        poller.close()
+
+    asyncio.run(scenario())
+
+
+def test_poller_asks_again_after_a_timeout_and_gives_up_after_max_attempts() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        poller = Poller(wire.link, Window(8), wire.stats, request_timeout=0.05)
+        result = await poller.read([SOC, NAME_ID])
+        sent = wire.take()
+        assert result == {}
+        assert sent.count(SOC) == MAX_ATTEMPTS and sent.count(NAME_ID) == MAX_ATTEMPTS
+        assert wire.stats.request_timeouts == 2 * MAX_ATTEMPTS
+        assert poller.idle
+
+    asyncio.run(scenario())
+
+
+def test_poller_finds_a_request_lost_among_answers_without_waiting_for_its_timeout() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        stats = wire.stats
+        poller = Poller(wire.link, Window(8), stats, request_timeout=60.0)
+        ids = REGISTRY_IDS[:5]
+        poller.ask(ids)
+        wire.take()
+        now = asyncio.get_running_loop().time()
+        for object_id in ids[1:4]:  # three later requests answered, the first not
+            poller.resolve(object_id, 1, now)
+        assert wire.take() == [ids[0]]  # asked again at once
+        assert stats.request_timeouts == 0
+        poller.close()
+
+    asyncio.run(scenario())
+
+
+def test_poller_read_returns_answers_and_skips_invalid_values() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        poller = Poller(wire.link, Window(8), wire.stats, request_timeout=5.0)
+        reading = asyncio.ensure_future(poller.read([SOC, NAME_ID]))
+        await asyncio.sleep(0)  # let the read send its requests
+        now = asyncio.get_running_loop().time()
+        poller.resolve(SOC, 0.5, now)
+        poller.resolve(NAME_ID, INVALID, now)
+        assert await reading == {SOC: 0.5}
+        poller.close()
+
+    asyncio.run(scenario())
+
+
+def test_tier_clock_starts_with_every_tier_due_and_keeps_each_interval() -> None:
+    clock = TierClock(Intervals(fast=1, medium=10, slow=100, static=1000), now=0.0)
+    assert [t.value for t in clock.due(0.0)] == ["fast", "medium", "slow", "static"]
+    assert clock.due(0.5) == [] and clock.next_due() == 1.0
+    assert [t.value for t in clock.due(10.0)] == ["fast", "medium"]
+
+
+# --- against the simulator -----------------------------------------------------------------------------------------
+
+def test_collector_discovers_first_then_polls_every_enabled_series_in_batches(
+        simulator: Callable[..., SimulatorThread], caplog: pytest.LogCaptureFixture) -> None:
+    sim = simulator(generators=2, battery_modules=3, power_switch=True)
+    expected = sim.options.inventory()
+    wanted = {s.object_id for s in enabled_series(expected)}
+    caplog.set_level(logging.DEBUG, logger="rctmon.frames")
+
+    async def scenario(collector: Collector, sink: RecordingSink) -> None:
+        await wait_until(lambda: wanted <= sink.series_seen(), 20, "a reading of every enabled series")
+
+    collector, sink = run_collector(device_config(sim.port), scenario)
+    assert sink.of("status")[0] == (True, f"connected to 127.0.0.1:{sim.port}")
+    assert sink.of("inventory") == [expected]
+    readings = sink.readings_flat
+    assert {object_id for object_id, _, _ in readings} <= set(SERIES_BY_ID)
+    assert len(sink.of("readings")) * 5 < len(readings)  # batches per burst, not per reading
+    assert_values_were_sent(sim, readings)
+    assert all(isinstance(ns, int) and ns > 1.6e18 for _, _, ns in readings)
+    # the name is asked first; nothing but inventory objects until the inventory is known
+    sent = [bytes.fromhex(r.getMessage().split()[-1]) for r in caplog.records
+            if r.name == "rctmon.frames" and r.getMessage().startswith("sent READ")]
+    ids = [parse_requests(frame)[0][1] for frame in sent]
+    assert ids[0] == NAME_ID
+    first_other = next(i for i, object_id in enumerate(ids) if object_id not in INVENTORY_IDS)
+    assert set(INVENTORY_IDS) <= set(ids[:first_other])
+    assert any(r.getMessage().startswith("received android_description") for r in caplog.records)
+    assert collector.stats.inventory_complete and collector.stats.readings == len(readings)
+    assert collector.stats.decode_errors == {}
+
+
+def test_collector_reports_only_intact_values_through_noise_drops_and_corruption(
+        simulator: Callable[..., SimulatorThread]) -> None:
+    sim = simulator(noise_rate=0.3, drop_rate=0.05, corrupt_rate=0.1, latency_ms=5, seed=7)
+    wanted = {s.object_id for s in enabled_series(sim.options.inventory())}
+
+    async def scenario(collector: Collector, sink: RecordingSink) -> None:
+        await wait_until(lambda: wanted <= sink.series_seen() and collector.stats.readings > 3 * len(wanted), 30,
+                         "every enabled series, several times")
+
+    collector, sink = run_collector(device_config(sim.port, request_timeout=0.3), scenario)
+    assert_values_were_sent(sim, sink.readings_flat)
+    errors = collector.stats.decode_errors
+    assert errors.get("crc", 0) + errors.get("truncated", 0) > 0 and errors.get("not_response", 0) > 0
+    assert sim.stats.writes_ignored == 0 and sim.stats.garbage_bytes == 0  # we sent nothing but READs
+
+
+def test_pipelining_reads_inventory_and_first_values_well_under_one_at_a_time(
+        simulator: Callable[..., SimulatorThread]) -> None:
+    latency = 0.05
+    sim = simulator(latency_ms=latency * 1000)
+    wanted = {s.object_id for s in enabled_series(sim.options.inventory())}
+    elapsed: List[float] = []
+
+    async def scenario(collector: Collector, sink: RecordingSink) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await wait_until(lambda: wanted <= sink.series_seen(), 30, "first values")
+        elapsed.append(loop.time() - start)
+
+    config = device_config(sim.port, max_in_flight=16)
+    config.device.intervals = Intervals(fast=60, medium=60, slow=60, static=60)  # one round only
+    collector, _ = run_collector(config, scenario)
+    requests = collector.stats.frames_sent
+    one_at_a_time = requests * latency  # each request would wait a full latency for its answer
+    assert requests >= len(wanted) + len(INVENTORY_IDS)
+    assert elapsed[0] * 3 < one_at_a_time, (elapsed[0], one_at_a_time)
+
+
+def test_collector_rediscovers_after_every_reconnect(simulator: Callable[..., SimulatorThread]) -> None:
+    sim = simulator(disconnect_every=0.7)
+
+    async def scenario(collector: Collector, sink: RecordingSink) -> None:
+        await wait_until(lambda: len(sink.of("inventory")) >= 3, 20, "three discoveries")
+
+    collector, sink = run_collector(device_config(sim.port), scenario)
+    statuses = sink.of("status")
+    assert [up for up, _ in statuses][:5] == [True, False, True, False, True]
+    assert statuses[1] == (False, "connection closed by the inverter")
+    assert collector.stats.connects >= 3
+    assert len(set(sink.of("inventory"))) == 1
+
+
+def test_collector_backs_off_while_connections_fail_and_recovers_by_itself(
+        simulator: Callable[..., SimulatorThread], caplog: pytest.LogCaptureFixture) -> None:
+    sim = simulator()
+    sim.set_online(False)
+    caplog.set_level(logging.INFO, logger="rctmon.collector.connection")
+
+    def planned_waits() -> List[float]:
+        return [float(m.group(1)) for r in caplog.records
+                if (m := re.search(r"in ([0-9.]+) seconds", r.getMessage()))]
+
+    async def scenario(collector: Collector, sink: RecordingSink) -> None:
+        await wait_until(lambda: len(planned_waits()) >= 5, 20, "five failed attempts")
+        await asyncio.get_running_loop().run_in_executor(None, sim.set_online, True)
+        await wait_until(lambda: sink.of("readings"), 20, "readings after the inverter came back")
+
+    _, sink = run_collector(device_config(sim.port), scenario, reconnect_wait=(0.05, 0.4))
+    assert sink.of("status")[0] == (False, "connection refused")
+    assert sink.of("status")[-1][0] is True
+    waits = planned_waits()[:5]
+    assert waits[0] < 0.11 and waits[3] >= 0.39 and max(waits) <= 0.45  # 0.05, 0.1, 0.2, 0.4, 0.4 (+ jitter)
+
+
+class MutingProxy:
+    """A TCP proxy in front of the simulator that can swallow every answer while connections stay open, like an
+    inverter without battery at night."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.muted = False
+        self.connections = 0
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._writers: List[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, up_writer]
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, mutable: bool) -> None:
+            while True:
+                data = await source.read(4096)
+                if not data:
+                    break
+                if not (mutable and self.muted):
+                    sink.write(data)
+            sink.close()
+
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True), return_exceptions=True)
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def test_night_silence_brings_the_device_down_without_looping_hot_and_morning_brings_it_back(
+        simulator: Callable[..., SimulatorThread]) -> None:
+    sim = simulator()
+    silence = 0.6
+
+    async def main() -> Tuple[RecordingSink, int, float]:
+        proxy = MutingProxy(sim.port)
+        port = await proxy.start()
+        sink = RecordingSink()
+        config = device_config(port, silence_timeout=silence, request_timeout=0.2)
+        collector = Collector(config, sink, reconnect_wait=(0.05, 2.0))
+        task = asyncio.ensure_future(collector.run())
+        loop = asyncio.get_running_loop()
+        try:
+            await wait_until(lambda: sink.of("readings"), 20, "first readings")
+            proxy.muted = True
+            muted_at, before = loop.time(), proxy.connections
+            await wait_until(lambda: sink.of("status")[-1][0] is False, 20, "device down")
+            await wait_until(lambda: proxy.connections >= before + 2, 20, "two reconnect attempts in the dark")
+            connections, dark = proxy.connections - before, loop.time() - muted_at
+            proxy.muted = False
+            count = len(sink.readings_flat)
+            await wait_until(lambda: len(sink.readings_flat) > count and sink.of("status")[-1][0], 30,
+                             "readings in the morning")
+            return sink, connections, dark
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.close()
+
+    sink, connections, dark = asyncio.run(main())
+    statuses = sink.of("status")
+    assert statuses[1] == (False, f"no answer for {silence:g} s")
+    assert statuses[-1][0] is True
+    assert connections <= dark / silence + 1  # every attempt in the dark waits out the silence timeout
+
+
+def test_a_peer_that_resets_every_connection_is_retried_with_backoff() -> None:
+    accepted: List[float] = []
+
+    async def main() -> Tuple[RecordingSink, List[float]]:
+        loop = asyncio.get_running_loop()
+
+        async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(loop.time())
+            writer.transport.abort()
+
+        server = await asyncio.start_server(reset, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sink = RecordingSink()
+        collector = Collector(device_config(port), sink, reconnect_wait=(0.05, 0.4))
+        task = asyncio.ensure_future(collector.run())
+        try:
+            await wait_until(lambda: len(accepted) >= 5, 20, "five connections")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+            await server.wait_closed()
+        return sink, accepted
+
+    sink, times = asyncio.run(main())
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[-1] > 0.3 > gaps[0]  # 0.05 s first, then doubling up to 0.4 s
+    assert sink.of("status") == [(False, "connection closed by the inverter")]
+
+
+# --- the child process ----------------------------------------------------------------------------------------------
+
+@contextmanager
+def collector_process(config: Config) -> Iterator[Tuple[Channel, threading.Thread]]:
+    """Run the collector process main in a thread on a channel pair, as the supervisor would in a child."""
+    parent, child = Channel.pair()
+    thread = threading.Thread(target=run, args=(config, child), name="collector", daemon=True)
+    thread.start()
+    try:
+        yield parent, thread
+    finally:
+        if thread.is_alive():
+            parent.send(Stop())
+            thread.join(10)
+        parent.close()
+        child.close()
+
+
+def collect(channel: Channel, messages: List[Any], predicate: Callable[[List[Any]], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate(messages):
+        assert time.monotonic() < deadline, f"timed out; got {[type(m).__name__ for m in messages][-20:]}"
+        messages += channel.wait(0.1)
+
+
+def test_process_reports_over_the_channel_and_stops_promptly(simulator: Callable[..., SimulatorThread]) -> None:
+    sim = simulator()
+    wanted = {s.object_id for s in enabled_series(sim.options.inventory())}
+    messages: List[Any] = []
+    with collector_process(device_config(sim.port)) as (channel, thread):
+        def seen(ms: List[Any]) -> bool:
+            ids = {r[0] for m in ms if isinstance(m, ReadingBatch) for r in m.readings}
+            return wanted <= ids and any(isinstance(m, Heartbeat) and m.stats.readings for m in ms)
+
+        collect(channel, messages, seen, 20)
+        channel.send(Stop())
+        started = time.monotonic()
+        thread.join(5)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 2.0  # well within the supervisor's grace period (< 1 s expected)
+        messages += channel.wait(0.1)
+    assert messages[0] == Started("collector")
+    assert DeviceStatus(True, f"connected to 127.0.0.1:{sim.port}") in messages
+    assert sim.options.inventory() in messages
+    beat = next(m for m in messages if isinstance(m, Heartbeat) and m.stats.readings)
+    assert beat.process == "collector" and beat.rss_bytes > 0 and isinstance(beat.stats, CollectorStats)
+    batches = [m for m in messages if isinstance(m, ReadingBatch)]
+    assert sum(len(b.readings) for b in batches) > 5 * len(batches)
+
+
+def test_process_exits_when_the_supervisor_goes_away(simulator: Callable[..., SimulatorThread]) -> None:
+    sim = simulator()
+    with collector_process(device_config(sim.port)) as (channel, thread):
+        collect(channel, [], lambda ms: any(isinstance(m, Started) for m in ms), 10)
+        channel.close()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_soak_corrupt_slow_and_disconnecting_inverter_for_30_seconds(simulator: Callable[..., SimulatorThread]) -> None:
+    sim = simulator(corrupt_rate=0.05, latency_ms=50, disconnect_every=10, seed=2)
+    wanted = {s.object_id for s in enabled_series(sim.options.inventory())}
+    config = device_config(sim.port)
+    config.device.intervals = Intervals(fast=1, medium=2, slow=3, static=10)
+    messages: List[Any] = []
+    with collector_process(config) as (channel, thread):
+        end = time.monotonic() + 30
+        collect(channel, messages, lambda ms: time.monotonic() >= end, 40)  # run for 30 s
+        assert thread.is_alive()
+    statuses = [m.up for m in messages if isinstance(m, DeviceStatus)]
+    assert statuses[:6] == [True, False, True, False, True, False][:len(statuses[:6])] and statuses.count(False) >= 2
+    readings = [r for m in messages if isinstance(m, ReadingBatch) for r in m.readings]
+    assert wanted <= {object_id for object_id, _, _ in readings}
+    assert_values_were_sent(sim, readings)
+    stats = [m.stats for m in messages if isinstance(m, Heartbeat)][-1]
+    assert stats.connects >= 3 and stats.decode_errors
+    assert sim.stats.corrupted > 0 and sim.stats.disconnects >= 2
