@@ -451,9 +451,9 @@ def run(config: Config, channel: Channel, listen_socket: socket.socket) -> None:
     try:
         if not server.probe():
             log.warning("the endpoint did not answer a request of its own; serving anyway")
-        channel.send(Started(PROCESS))
         log.info("serving metrics on %s://%s (exposition %s)", "https" if server.tls else "http",
                  _address(listen_socket), "on" if config.prometheus.exposition else "off")
+        channel.send(Started(PROCESS))
         serve_messages(channel, state)
     finally:
         server.shutdown()
