@@ -18,6 +18,7 @@ bit-by-bit `CRC16` computes) checks the sum, so the per-byte work stays in C.
 from __future__ import annotations
 
 import binascii
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Container, Dict, List, Mapping, Optional, Tuple, Union
@@ -28,10 +29,11 @@ from rctclient.utils import decode_value
 
 from rctmon.catalog import ABSURD_MAGNITUDE
 
+frame_log = logging.getLogger("rctmon.frames")
+
 START = b"+"
 ESCAPE = b"-"
-_START_BYTE = START[0]
-_ESCAPE_BYTE = ESCAPE[0]
+_LOG_BYTES = 64  # bytes of a skipped frame shown with --frame-debug
 _CRC_INIT = 0xFFFF
 _ID_SIZE = 4
 _ADDRESS_SIZE = 4
@@ -183,6 +185,7 @@ class Framer:
         self._buf = bytearray()
         self._quiet = False  # skipped bytes belong to a frame already counted as rejected
         self._in_garbage = False  # the current run of garbage has been counted
+        self._debug = False  # log what is skipped (rctmon.frames at DEBUG, --frame-debug)
         self.frames = 0  # valid answers returned
 
     @property
@@ -190,11 +193,15 @@ class Framer:
         """Bytes held back because they may be the start of an incomplete frame."""
         return len(self._buf)
 
-    def _count(self, kind: str) -> None:
+    def _count(self, kind: str, buf: bytearray, begin: int, end: int) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+        if self._debug:
+            shown = bytes(buf[begin:min(end, begin + _LOG_BYTES)])
+            frame_log.debug("skipped %s: %s", kind, shown.hex())
 
     def feed(self, data: bytes) -> List[Frame]:
         """Add received bytes; return the answers completed by them, in stream order."""
+        self._debug = frame_log.isEnabledFor(logging.DEBUG)
         buf = self._buf
         buf += data
         frames: List[Frame] = []
@@ -213,7 +220,7 @@ class Framer:
                 if kind == _PARTIAL:
                     pos = noise_start
                     break
-                self._count(kind)
+                self._count(kind, buf, noise_start, noise_end)
                 self._quiet = self._in_garbage = False
                 pos = noise_end
                 continue
@@ -227,7 +234,7 @@ class Framer:
                 if later is None:
                     pos = start
                     break
-                self._count(TRUNCATED)
+                self._count(TRUNCATED, buf, start, later)
                 self._quiet, self._in_garbage = True, False
                 pos = later
                 continue
@@ -237,7 +244,7 @@ class Framer:
                 self._quiet = False
                 pos = end
             else:
-                self._count(result)  # type: ignore[arg-type]
+                self._count(result, buf, start, max(end, start + 16))  # type: ignore[arg-type]
                 self._quiet = True
                 pos = start + 1  # a real frame may hide inside the rejected one
         if pos:
@@ -250,7 +257,7 @@ class Framer:
         if end <= begin or self._quiet or self._in_garbage:
             return
         if buf.count(0, begin, end) != end - begin:
-            self._count(GARBAGE)
+            self._count(GARBAGE, buf, begin, end)
             self._in_garbage = True
 
     def _complete_later(self, buf: bytearray, start: int) -> Optional[int]:

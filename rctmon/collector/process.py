@@ -220,7 +220,7 @@ class ChannelSink:
         self.dropped = 0
 
     def send(self, message: object) -> None:
-        if not self._channel.send(message):
+        if not self._channel.send(message) and not self._channel.closed:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("supervisor is not reading; %d messages dropped", self.dropped)
