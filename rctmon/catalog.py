@@ -210,7 +210,7 @@ ROWS: Tuple[Row, ...] = (
     _r("parameter_file", "rctmon_inverter_info", "Inverter identity; value always 1", I, STATIC, "inverter", "parameter_file"),
     _r("prim_sm.state", "rctmon_inverter_state", "Operating state of the inverter (prim_sm.state enumeration)", G, FAST, "inverter", "state"),
     _r("prim_sm.island_flag", "rctmon_inverter_island", "1 while the inverter runs grid-separated (island mode)", G, FAST, "inverter", "island"),
-    _r("fault[{}].flt", "rctmon_inverter_fault_bits", "Fault bit field of the inverter, one series per 32-bit word; 0 when all is well", G, MEDIUM, "inverter", "fault_bits", axis=FAULT_WORD),
+    _r("fault[{}].flt", "rctmon_inverter_fault_flags", "Fault bit field of the inverter, one series per 32-bit word; 0 when all is well", G, MEDIUM, "inverter", "fault_flags", axis=FAULT_WORD),
     _r("g_sync.p_ac_sum_lp", "rctmon_inverter_ac_power_watts", "AC power of the inverter", G, FAST, "inverter", "ac_power"),
     _r("buf_v_control.power_reduction_max_solar_grid", "rctmon_inverter_feed_in_limit_watts", "Largest grid feed-in power the inverter allows", G, STATIC, "inverter", "feed_in_limit"),
     _r("db.temp1", "rctmon_inverter_temperature_celsius", "Internal temperatures of the inverter", G, MEDIUM, "inverter", "heatsink_temperature", labels=(("sensor", "heatsink"),)),

@@ -199,6 +199,13 @@ def _check_values(config: Config, errors: List[str]) -> None:
          "tls_cert_file and tls_key_file must be set together"),
     )
     errors.extend(f"{key}: {why}" for key, ok, why in checks if not ok)
+    files = (("prometheus.tls_cert_file", config.prometheus.tls_cert_file),
+             ("prometheus.tls_key_file", config.prometheus.tls_key_file),
+             ("mqtt.tls.ca_file", config.mqtt.tls.ca_file),
+             ("mqtt.tls.cert_file", config.mqtt.tls.cert_file),
+             ("mqtt.tls.key_file", config.mqtt.tls.key_file))
+    errors.extend(f"{key}: no readable file at {path}" for key, path in files
+                  if path and not os.access(path, os.R_OK))
     for name in ("fast", "medium", "slow", "static"):
         if getattr(config.device.intervals, name) <= 0:
             errors.append(f"device.intervals.{name}: must be positive")

@@ -30,7 +30,7 @@ from rctmon.config import Config, ConfigError
 from rctmon.inventory import Inventory
 from rctmon.logsetup import setup_logging
 from rctmon.messages import (Ack, CollectorStats, DeviceStatus, Health, Heartbeat, InfluxStats, MqttStats,
-                             ProcessHealth, ReadingBatch, Started, Stop)
+                             ProcessHealth, Reading, ReadingBatch, Started, Stop)
 from rctmon.proc import Every, become_child, resource_usage, set_title
 from rctmon.systemd import Notifier
 
@@ -80,13 +80,16 @@ class ChildSpec:
     is_exporter: bool  # receives readings, inventory and device status
     acknowledges: bool  # its backlog is trimmed by Ack, not by sending
     enabled: Callable[[Config], bool]
+    #: A new incarnation first gets the latest reading of every object: a latest-value view (the endpoint, MQTT)
+    #: would otherwise lack slow and static values until they are next polled, up to an hour later.
+    wants_latest: bool = False
 
 
 CHILD_SPECS: Tuple[ChildSpec, ...] = (
     ChildSpec("collector", _run_collector, False, False, lambda c: True),
-    ChildSpec("prometheus", _run_prometheus, True, False, lambda c: c.prometheus.enable),
+    ChildSpec("prometheus", _run_prometheus, True, False, lambda c: c.prometheus.enable, wants_latest=True),
     ChildSpec("influxdb", _run_influxdb, True, True, lambda c: c.influxdb.enable),
-    ChildSpec("mqtt", _run_mqtt, True, True, lambda c: c.mqtt.enable),
+    ChildSpec("mqtt", _run_mqtt, True, True, lambda c: c.mqtt.enable, wants_latest=True),
 )
 
 
@@ -140,6 +143,7 @@ class Supervisor:
         self.inventory: Optional[Inventory] = None
         self.device: DeviceStatus = DeviceStatus(up=False, reason="starting")
         self.seq = 0
+        self.latest: Dict[int, Reading] = {}  # object id -> latest reading, for new latest-value exporters
         self.ready_sent = False
         self.stopping = False
         self.pending_signals: List[int] = []
@@ -205,6 +209,8 @@ class Supervisor:
             if self.inventory is not None:
                 ours.send(self.inventory)
             ours.send(self.device)
+            if child.spec.wants_latest and self.latest:
+                ours.send(ReadingBatch(tuple(self.latest.values()), seq=0))
             self._send_backlog(child)
 
     def _fds_to_close_in_child(self, own: Channel, child: Child) -> List[int]:
@@ -388,6 +394,7 @@ class Supervisor:
         self.seq += 1
         batch = ReadingBatch(batch.readings, self.seq)
         self.readings_window.append((time.monotonic(), len(batch.readings)))
+        self.latest.update((reading[0], reading) for reading in batch.readings)
         for exporter in self._exporters():
             exporter.backlog.append(batch)
             exporter.backlog_readings += len(batch.readings)

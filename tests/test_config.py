@@ -92,3 +92,10 @@ def test_value_ranges_are_checked():
         cfg.parse({"device": {"port": 70000}, "mqtt": {"qos": 3}}, environ={})
     assert "device.port: must be a TCP port" in str(err.value)
     assert "mqtt.qos: must be 0, 1 or 2" in str(err.value)
+
+
+def test_tls_files_must_exist(tmp_path):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse({"prometheus": {"tls_cert_file": str(tmp_path / "cert.pem"),
+                                  "tls_key_file": str(tmp_path / "key.pem")}}, environ={})
+    assert f"prometheus.tls_cert_file: no readable file at {tmp_path / 'cert.pem'}" in str(err.value)
