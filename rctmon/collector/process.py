@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Protocol, Set, Tuple
 
 from rctmon.catalog import SERIES_BY_ID, Tier, enabled_series
 from rctmon.channel import Channel, ChannelClosed
@@ -23,11 +23,6 @@ from rctmon.config import Config
 from rctmon.inventory import Inventory
 from rctmon.messages import CollectorStats, DeviceStatus, Heartbeat, Reading, ReadingBatch, Started, Stop
 from rctmon.proc import HEARTBEAT_INTERVAL, resource_usage
-
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover - Python < 3.8
-    Protocol = object  # type: ignore[assignment,misc]
 
 log = logging.getLogger("rctmon.collector")
 

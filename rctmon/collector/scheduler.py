@@ -2,8 +2,9 @@
 
 A READ takes the inverter about 60 ms to answer; asking one object at a time caps a poll at ~16 values per second.
 So requests are pipelined: up to `Window.limit` are in flight. Some peers answer only part of a burst, so the window
-adapts like TCP's congestion window (additive increase, multiplicative decrease): it halves when requests go
-unanswered and grows back by about one per window of answers. Every request has a timeout and is asked again.
+adapts like TCP's congestion window (additive increase, multiplicative decrease): it shrinks when requests go
+unanswered and grows back by about one per window of answers. A lost request is noticed when later ones are
+answered, or at its timeout, and is asked again. Tiers (`TierClock`) decide which objects are due.
 """
 
 from __future__ import annotations
