@@ -430,7 +430,7 @@ def test_an_outage_of_20_s_loses_nothing_and_acks_never_stop(victoria: VictoriaM
     feed_for(child, readings, 21.0, sent, acks_keep_coming)
     during = sent[outage_began:]
     assert child.stats.spool_points > 0 and child.stats.write_errors.get("connection", 0) > 0
-    assert child.stats.state == "connection"
+    assert child.stats.state == "unreachable"
     victoria.start()
     feed_for(child, readings, 2.0, sent)
     child.wait_acked(child.seq)
@@ -530,7 +530,7 @@ def _drainer(tmp_path: Path, url: str, **settings: Any) -> Tuple[Spool, StatsBox
     config = replace(InfluxDBConfig(url=url, token="t", bucket="b", flush_interval=0.05, timeout=5.0), **settings)
     spool = Spool(tmp_path / "spool.sqlite", 1_000_000)
     stats = StatsBox()
-    return spool, stats, Drainer(spool, InfluxSender(config), config, stats)
+    return spool, stats, Drainer(spool, lambda: InfluxSender(config), config, stats)
 
 
 @pytest.mark.timeout(30)

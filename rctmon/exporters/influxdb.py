@@ -124,7 +124,7 @@ def run(config: Config, channel: Channel) -> None:
     path = spool_path(settings)
     spool = Spool(path, settings.spool_max_points)
     stats = StatsBox()
-    drainer = Drainer(spool, InfluxSender(settings), settings, stats)
+    drainer = Drainer(spool, lambda: InfluxSender(settings), settings, stats)
     receiver = Receiver(spool, stats)
     log.info("writing to InfluxDB at %s (bucket %s); spool %s holds %d points", settings.url, settings.bucket,
              path, spool.count + spool.held_count)
@@ -146,6 +146,9 @@ def run(config: Config, channel: Channel) -> None:
             # An Ack the full channel refused is sent again with the next one (Acks are cumulative).
             if receiver.commit() > ack_sent and channel.send(Ack(receiver.acked)):
                 ack_sent = receiver.acked
+            if not drainer.alive and not stopping:
+                # Without the thread nothing reaches InfluxDB: exit, and the supervisor starts a fresh child.
+                raise RuntimeError("the InfluxDB drain thread has died (see above)")
         if drainer.healthy and spool.count:
             drainer.wait_drained(FINAL_FLUSH)
         channel.send(_heartbeat(stats, spool))

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Set, Tuple
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential, wait_random
 
@@ -43,6 +43,10 @@ RETRY_AFTER_MAX = 600.0  # a Retry-After beyond this is not believed
 REJECT_LOG_INTERVAL = 60.0  # at most one log line per minute about dropped lines (each is counted)
 
 Rows = List[Tuple[int, bytes]]
+#: What the exporter reports as its state (the systemd status shows it) for each kind of failed write.
+STATE_OF_KIND = {"connection": "unreachable", "timeout": "timeout", "server": "server_error",
+                 "rate_limited": "rate_limited", "unauthorized": "unauthorized", "forbidden": "forbidden",
+                 "not_found": "not_found", "client": "client_error"}
 
 
 class WriteFailure(Exception):
@@ -172,7 +176,8 @@ class StatsBox:
     def error(self, kind: str) -> None:
         with self.lock:
             self.stats.write_errors[kind] = self.stats.write_errors.get(kind, 0) + 1
-            self.stats.state = kind
+            if kind != "rejected":  # InfluxDB answered and took the other lines: the state stays what it was
+                self.stats.state = STATE_OF_KIND.get(kind, kind)
 
     def dropped(self, points: int) -> None:
         if points:
@@ -202,10 +207,13 @@ def _fix_hint(failure: WriteFailure, config: InfluxDBConfig) -> str:
 class Drainer:
     """The thread that drains the spool into InfluxDB."""
 
-    def __init__(self, spool: Spool, sender: Any, config: InfluxDBConfig, stats: StatsBox,
+    def __init__(self, spool: Spool, sender: Callable[[], Any], config: InfluxDBConfig, stats: StatsBox,
                  slow_retry: Optional[float] = None) -> None:
+        """`sender` makes the object whose send(body) writes; it runs in the thread, so that importing
+        influxdb-client (a quarter of a second) does not delay the child's Started and first Ack."""
         self.spool = spool
-        self.sender = sender
+        self._make_sender = sender
+        self.sender: Any = None
         self.config = config
         self.stats = stats
         self.slow_retry = SLOW_RETRY if slow_retry is None else slow_retry
@@ -228,6 +236,10 @@ class Drainer:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def flush_soon(self) -> None:
         """Start a drain pass now instead of at the next flush interval."""
@@ -262,6 +274,7 @@ class Drainer:
 
     def _run(self) -> None:
         try:
+            self.sender = self._make_sender()
             if self.spool.count:  # a backlog from before the restart: start on it at once
                 self._wake.set()
             while not self._stopping.is_set():
@@ -275,7 +288,7 @@ class Drainer:
                     self._idle.notify_all()
         except _Stopping:
             pass
-        except Exception:  # noqa: BLE001 - a dead drain thread would stop all writes: make it loud, exit
+        except Exception:  # noqa: BLE001 - logged here; the main thread sees the thread gone and exits
             log.exception("the InfluxDB drain thread failed; points stay in the spool")
         finally:
             with self._idle:
