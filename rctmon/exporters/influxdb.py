@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from typing import List, Optional, Sequence
 
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config
 from rctmon.exporters.influxwriter import Drainer, InfluxSender, StatsBox
 from rctmon.exporters.lineprotocol import EXPORTED_IDS, LineEncoder, inverter_tag
-from rctmon.exporters.spool import Spool, spool_path
+from rctmon.exporters.spool import Spool, SpoolLocked, spool_path
 from rctmon.inventory import Inventory
 from rctmon.messages import Ack, DeviceStatus, Heartbeat, ReadingBatch, Started, Stop
 from rctmon.proc import HEARTBEAT_INTERVAL, Every, resource_usage
@@ -122,7 +123,12 @@ def run(config: Config, channel: Channel) -> None:
     """Run the influxdb exporter until Stop or until the supervisor goes away."""
     settings = config.influxdb
     path = spool_path(settings)
-    spool = Spool(path, settings.spool_max_points)
+    try:
+        spool = Spool(path, settings.spool_max_points)
+    except (OSError, sqlite3.Error, SpoolLocked) as exc:
+        log.error("cannot open the InfluxDB spool %s: %s; check the directory's permissions and free space, or set "
+                  "influxdb.spool_path", path, exc)
+        raise
     stats = StatsBox()
     drainer = Drainer(spool, lambda: InfluxSender(settings), settings, stats)
     receiver = Receiver(spool, stats)
