@@ -1,0 +1,385 @@
+"""What every benchmark needs: processes on loopback, scrapes, memory and CPU of a process tree, a result row.
+
+Every process a benchmark starts runs in a session (process group) of its own and is stopped through `Processes`,
+a context manager that SIGTERMs each group, waits, and SIGKILLs what is left, whatever happened in between.
+Only 127.0.0.1 and ports the kernel just handed out are used.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from rctmon.catalog import Kind, Series, enabled_series
+from rctmon.simulator import SimulatorOptions
+
+T = TypeVar("T")
+PYTHON = sys.executable
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = "127.0.0.1"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+VICTORIA_METRICS = "/usr/bin/victoria-metrics"
+
+
+# --- the result of a benchmark ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure, its target, what was measured, and the same-run baseline."""
+
+    figure: str
+    target: str
+    measured: str
+    baseline: str
+    ok: Optional[bool]  # None: not judged (no target, or the benchmark could not run)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return {True: "pass", False: "MISS", None: "-"}[self.ok]
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not measure what it is for (a process did not start, a deadline passed)."""
+
+
+# --- ports, files, processes ------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Optional[T]], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll `predicate` until it returns something truthy; raise BenchError at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Optional[BaseException] = None
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - a poll fails until the thing is up
+            last = exc
+        if time.monotonic() >= deadline:
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}" + (f" ({last!r})" if last else ""))
+        time.sleep(interval)
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Processes:
+    """Start processes in their own process groups and stop every one of them on exit, even on failure."""
+
+    def __init__(self, label: str) -> None:
+        self.workdir = tempfile.mkdtemp(prefix=f"rctmon-bench-{label}-")
+        self._procs: List["subprocess.Popen[bytes]"] = []
+        self.named: Dict[str, "subprocess.Popen[bytes]"] = {}  # by log name without .log: simulator, daemon, ...
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+    def start(self, argv: Sequence[str], log_name: str, env: Optional[Mapping[str, str]] = None
+              ) -> "subprocess.Popen[bytes]":
+        with open(self.path(log_name), "ab") as log:
+            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True)
+        self._procs.append(proc)
+        self.named[log_name.rsplit(".", 1)[0]] = proc
+        return proc
+
+    def log(self, log_name: str, tail: int = 1500) -> str:
+        try:
+            with open(self.path(log_name), "rb") as log:
+                return log.read()[-tail:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self, proc: "subprocess.Popen[bytes]", grace: float = 8.0) -> None:
+        """SIGTERM the process group, wait up to `grace` seconds, then SIGKILL the group."""
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(proc, signal.SIGKILL)  # stragglers in the group (children of a killed parent)
+        if proc.poll() is None:
+            proc.wait(5)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self._procs):
+            try:
+                self.stop(proc)
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"bench: could not stop pid {proc.pid}: {exc!r}", file=sys.stderr)
+        self._procs.clear()
+
+
+def _signal_group(proc: "subprocess.Popen[bytes]", signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)  # start_new_session: the group id is the leader's pid
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def rctmon(*args: str) -> List[str]:
+    return [PYTHON, "-m", "rctmon.cli", *args]
+
+
+# --- the simulator, victoria-metrics, the daemon ----------------------------------------------------------------------
+
+
+#: The simulated installation every benchmark reads: two generators, a battery of three modules, a Power Switch.
+SIMULATOR = SimulatorOptions(generators=2, battery_modules=3, power_switch=True)
+
+
+def start_simulator(procs: Processes, latency_ms: float = 60.0, drop_rate: float = 0.0, seed: Optional[int] = None,
+                    log_name: str = "simulator.log") -> int:
+    """Start `rctmon simulator` with the benchmark inventory; return its port once it accepts connections."""
+    port = free_port()
+    argv = rctmon("simulator", "--host", HOST, "--port", str(port), "--name", SIMULATOR.name,
+                  "--generators", str(SIMULATOR.generators), "--battery-modules", str(SIMULATOR.battery_modules),
+                  "--latency-ms", f"{latency_ms:g}", "--drop-rate", f"{drop_rate:g}")
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    proc = procs.start(argv, log_name)
+    try:
+        wait_for(lambda: proc.poll() is None and accepts(port), 20, "the simulator")
+    except BenchError:
+        raise BenchError(f"the simulator did not start: {procs.log(log_name)}") from None
+    return port
+
+
+def start_victoria_metrics(procs: Processes) -> str:
+    """Start victoria-metrics on loopback with a data directory in the workdir; return its URL."""
+    if not os.path.exists(VICTORIA_METRICS):
+        raise BenchError(f"{VICTORIA_METRICS} is not installed (apt-get install victoria-metrics)")
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    proc = procs.start([VICTORIA_METRICS, f"-httpListenAddr={HOST}:{port}",
+                        f"-storageDataPath={procs.path('vm-data')}", "-loggerLevel=ERROR", "-retentionPeriod=100y"],
+                       "victoria-metrics.log")
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise BenchError(f"victoria-metrics exited: {procs.log('victoria-metrics.log')}")
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
+            return answer.status == 200
+
+    wait_for(healthy, 20, "victoria-metrics")
+    return url
+
+
+def daemon_config(device_port: int, metrics_port: int, influx_url: Optional[str] = None,
+                  spool_path: str = "", device: Optional[Dict[str, Any]] = None,
+                  exposition: bool = True) -> Dict[str, Any]:
+    """Return a daemon configuration (as YAML data) for the benchmark: loopback only, logs at WARNING."""
+    config: Dict[str, Any] = {
+        "device": {"host": HOST, "port": device_port, **(device or {})},
+        "prometheus": {"enable": True, "exposition": exposition, "bind_address": HOST, "bind_port": metrics_port},
+        "influxdb": {"enable": False},
+        "mqtt": {"enable": False},
+        "logging": {
+            "version": 1,
+            "formatters": {"simple": {"format": "%(asctime)s - %(name)s - %(levelname)s - %(message)s"}},
+            "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "simple", "level": "INFO",
+                                     "stream": "ext://sys.stdout"}},
+            "root": {"level": "INFO", "handlers": ["console"]},
+        },
+    }
+    if influx_url:
+        config["influxdb"] = {"enable": True, "url": influx_url, "token": "", "bucket": "bench",
+                              "spool_path": spool_path}
+    return config
+
+
+@dataclass
+class Daemon:
+    """A running `rctmon daemon` and where to reach it."""
+
+    proc: "subprocess.Popen[bytes]"
+    metrics_port: int
+    started_at: float  # time.monotonic() just before the process was created
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def start_daemon(procs: Processes, config: Mapping[str, Any], env: Optional[Mapping[str, str]] = None,
+                 name: str = "daemon") -> Daemon:
+    """Write the configuration and start `rctmon -c FILE daemon`; return at once (it is not waited for)."""
+    path = procs.path(f"{name}.yml")
+    with open(path, "w") as out:
+        yaml.safe_dump(dict(config), out)
+    started = time.monotonic()
+    proc = procs.start(rctmon("-c", path, "daemon"), f"{name}.log", env)
+    return Daemon(proc, int(config["prometheus"]["bind_port"]), started)
+
+
+# --- scraping ------------------------------------------------------------------------------------------------------
+
+Labels = FrozenSet[Tuple[str, str]]
+Samples = Dict[Tuple[str, Labels], float]
+
+
+def fetch_metrics(port: int, timeout: float = 2.0) -> str:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        answer = conn.getresponse()
+        body = answer.read()
+        if answer.status != 200:
+            raise BenchError(f"/metrics answered {answer.status}")
+        return body.decode("utf-8")
+    finally:
+        conn.close()
+
+
+def parse_samples(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = float(sample.value)
+    return samples
+
+
+def scrape(port: int, timeout: float = 2.0) -> Samples:
+    return parse_samples(fetch_metrics(port, timeout))
+
+
+def value(samples: Samples, name: str, **labels: str) -> Optional[float]:
+    return samples.get((name, frozenset(labels.items())))
+
+
+class Completeness:
+    """Which catalog series the simulator's inventory enables, and whether an exposition carries all of them."""
+
+    def __init__(self, options: SimulatorOptions = SIMULATOR) -> None:
+        self.series: Tuple[Series, ...] = enabled_series(options.inventory())
+        self.families = frozenset(s.metric for s in self.series)
+
+    def missing(self, samples: Samples) -> List[Series]:
+        """Return the enabled series with no sample (info series: no sample carrying their field as a label)."""
+        by_name: Dict[str, List[Labels]] = {}
+        for name, labels in samples:
+            by_name.setdefault(name, []).append(labels)
+        missing = []
+        for s in self.series:
+            want = frozenset(s.labels)
+            found = False
+            for labels in by_name.get(s.metric, ()):
+                if want <= labels and (s.row.kind is not Kind.INFO or any(k == s.row.field for k, _ in labels)):
+                    found = True
+                    break
+            if not found:
+                missing.append(s)
+        return missing
+
+
+# --- memory and CPU of a process tree --------------------------------------------------------------------------
+
+
+def children_of(pid: int) -> List[int]:
+    """Return the pids of `pid`'s descendants (children first, then theirs)."""
+    parents: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in sorted(parents.get(todo.pop(0), [])):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def process_name(pid: int) -> str:
+    """Return the title the process gave itself (`rctmon: collector` -> `collector`), or its command name."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().split(b"\0")
+    except OSError:
+        return "?"
+    first = args[0].decode("utf-8", "replace")
+    return first[len("rctmon: "):] if first.startswith("rctmon: ") else os.path.basename(first)
+
+
+def smaps_rollup(pid: int) -> Dict[str, int]:
+    """Return the fields of /proc/PID/smaps_rollup in bytes (Rss, Pss, Pss_Anon, Anonymous, ...)."""
+    fields: Dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return fields
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return utime + stime of a process (all its threads) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def tree_cpu(pids: Iterable[int]) -> Dict[int, float]:
+    return {pid: cpu_seconds(pid) for pid in pids}
+
+
+def mib(n: float) -> str:
+    return f"{n / 2 ** 20:.1f} MB"
+
+
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg") as loadavg:
+            return " ".join(loadavg.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Return the p-th percentile (0-100) by the nearest-rank method."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), int(-(-p * len(ordered) // 100))))
+    return ordered[rank - 1]
