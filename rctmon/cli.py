@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -123,6 +124,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return COMMANDS[args.command](args, config)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `rctmon inventory | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ HEALTH_METRICS: Tuple[HealthMetric, ...] = (
     HealthMetric("rctmon_bytes_sent_total", "counter", (), "Bytes sent to the inverter"),
     HealthMetric("rctmon_bytes_received_total", "counter", (), "Bytes received from the inverter"),
     HealthMetric("rctmon_decode_errors_total", "counter", ("kind",),
-                 "Received bytes or frames skipped, by kind (crc, garbage, unknown_object, plant_frame, ...)"),
+                 ("Received bytes or frames skipped, by kind (garbage, crc, truncated, absurd_length, unknown_object, "
+                  "plant_frame, not_response, bad_payload, absurd_value)")),
     HealthMetric("rctmon_request_timeouts_total", "counter", (), "Requests the inverter did not answer in time"),
     HealthMetric("rctmon_response_seconds", "histogram", (), "Time from sending a request to its answer"),
     HealthMetric("rctmon_inventory_complete", "gauge", (), "1 once the inverter's inventory is fully discovered"),
