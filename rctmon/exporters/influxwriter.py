@@ -221,6 +221,7 @@ class Drainer:
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._passes = 0  # drain passes completed, for wait_drained
+        self._busy = False  # a drain pass is running
         self._thread = threading.Thread(target=self._run, name="influxdb-drain", daemon=True)
         self._backoff = wait_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX) + wait_random(
             0, BACKOFF_JITTER)
@@ -246,12 +247,16 @@ class Drainer:
         self._wake.set()
 
     def wait_drained(self, timeout: float) -> bool:
-        """Ask for a drain pass and wait up to `timeout` s for one to finish; return whether the spool is empty."""
+        """Ask for a drain pass and wait up to `timeout` s for it to finish; return whether the spool is empty.
+
+        Waiting for the pass (not just for an empty spool) means the counters are up to date afterwards.
+        """
         deadline = time.monotonic() + timeout
         with self._idle:
-            target = self._passes + 2  # a pass already running may have read the spool before our last append
+            # a pass already running may have read the spool before the last append: wait for the one after it
+            target = self._passes + (2 if self._busy else 1)
             self.flush_soon()
-            while self._passes < target and self.spool.count and self._thread.is_alive():
+            while self._passes < target and self._thread.is_alive():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -282,8 +287,11 @@ class Drainer:
                 self._wake.clear()
                 if self._stopping.is_set():
                     break
+                with self._idle:
+                    self._busy = True
                 self._drain()
                 with self._idle:
+                    self._busy = False
                     self._passes += 1
                     self._idle.notify_all()
         except _Stopping:
