@@ -52,12 +52,13 @@ HEALTH_METRICS: Tuple[HealthMetric, ...] = (
     HealthMetric("rctmon_influxdb_points_written_total", "counter", (), "Points InfluxDB accepted",
                  source="influxdb"),
     HealthMetric("rctmon_influxdb_write_errors_total", "counter", ("kind",),
-                 "Failed writes to InfluxDB, by kind (connection, timeout, server, rate_limited, unauthorized, ...)",
-                 source="influxdb"),
+                 "Failed writes to InfluxDB, by kind (connection, timeout, server, rate_limited, unauthorized, "
+                 "forbidden, not_found, rejected, http_<status>, other)", source="influxdb"),
     HealthMetric("rctmon_influxdb_spool_points", "gauge", (), "Points in the spool waiting for InfluxDB",
                  source="influxdb"),
     HealthMetric("rctmon_influxdb_points_dropped_total", "counter", (),
-                 "Points dropped: oldest points when the spool was full, and lines InfluxDB rejected as malformed",
+                 "Points dropped: oldest points when the spool was full, lines InfluxDB rejected as malformed, and "
+                 "readings whose value cannot be stored (NaN, infinite, absurd)",
                  source="influxdb"),
     HealthMetric("rctmon_influxdb_last_write_timestamp_seconds", "gauge", (), "When InfluxDB last accepted a write",
                  source="influxdb"),

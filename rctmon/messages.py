@@ -88,7 +88,9 @@ class InfluxStats:
     spool_points: int = 0
     points_dropped: int = 0
     last_write_timestamp: float = 0.0  # epoch seconds of the last accepted write; 0: none yet
-    state: str = "starting"  # short word for the systemd status: ok, retrying, unauthorized, ...
+    #: for the systemd status: starting, ok, unreachable, timeout, server_error, rate_limited, unauthorized,
+    #: forbidden, not_found
+    state: str = "starting"
 
 
 @dataclass
