@@ -238,7 +238,7 @@ class Supervisor:
             self._request_stop(child)
         self._run_until(lambda: not any(c.alive for c in self.children.values()), time.monotonic() + STOP_GRACE)
         for child in self.children.values():
-            if child.alive:
+            if child.alive and child.process is not None:
                 log.warning("%s did not stop in time; killing it", child.name)
                 child.process.kill()
         for child in self.children.values():
@@ -352,7 +352,8 @@ class Supervisor:
                     child.restarts += 1
                 child.planned_restart = False
                 self._spawn(child)
-            elif child.alive and not child.stopping and now - child.last_heard > HEARTBEAT_TIMEOUT:
+            elif (child.alive and child.process is not None and not child.stopping
+                  and now - child.last_heard > HEARTBEAT_TIMEOUT):
                 log.error("%s sent nothing for %.0f s; killing it", child.name, now - child.last_heard)
                 child.process.kill()
         if self._timers["health"].due():

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, Dict, List, Optional, TypeVar
 
 import pytest
 
@@ -69,3 +69,29 @@ def stop_process(proc: "subprocess.Popen[bytes]", timeout: float = 10.0) -> Opti
             proc.kill()
             proc.wait(5)
     return proc.returncode
+
+
+def child_pids(pid: int) -> Dict[str, int]:
+    """Return {process title: pid} of the direct children of `pid` (rctmon names each by its role)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return {}
+    result = {}
+    for child in pids:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                result[f.read().split(b"\0")[0].decode()] = child
+        except OSError:
+            continue
+    return result
+
+
+def pid_gone(pid: int) -> bool:
+    """Return whether a process no longer runs (a zombie awaiting its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import free_port, rctmon_command, require_binary, stop_process, wait_for
+from support import child_pids, free_port, pid_gone, rctmon_command, require_binary, stop_process, wait_for
 from rctmon import catalog
 from rctmon.simulator import SimulatorOptions
 
@@ -33,31 +33,6 @@ def scrape(port: int) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> Optional[float]:
     return samples.get((name, tuple(sorted(labels.items()))))
-
-
-def child_pids(pid: int) -> Dict[str, int]:
-    """Return {process title: pid} of the direct children of `pid`."""
-    result = {}
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids = [int(p) for p in f.read().split()]
-    except OSError:
-        return {}
-    for child in pids:
-        try:
-            with open(f"/proc/{child}/cmdline", "rb") as f:
-                result[f.read().split(b"\0")[0].decode()] = child
-        except OSError:
-            continue
-    return result
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 class Simulator:
@@ -102,7 +77,7 @@ class Daemon:
         children = list(self.children().values())
         code = stop_process(self.proc)
         for pid in children:
-            if not gone(pid):
+            if not pid_gone(pid):
                 os.kill(pid, signal.SIGKILL)
         self.log.close()
         return code
@@ -237,7 +212,7 @@ def test_sigterm_exits_zero_within_10s_leaving_no_children(daemon: Daemon) -> No
     assert daemon.proc.wait(10) == 0
     assert time.monotonic() - start < 10
     for pid in children:
-        wait_for(lambda: gone(pid), 2, message=f"child {pid} gone")
+        wait_for(lambda: pid_gone(pid), 2, message=f"child {pid} gone")
 
 
 def test_landing_page_links_to_metrics(daemon: Daemon) -> None:

@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from support import wait_for
+from support import child_pids, pid_gone, wait_for
 from rctmon import supervisor as sv
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config
@@ -110,32 +110,6 @@ def _supervise(workdir: str, config_path: str) -> None:
     config = config_module.load(config_path)
     code = sv.Supervisor(config, config_path, notifier=Notifier(), specs=SPECS).run()
     os._exit(code)
-
-
-def child_pids(pid: int) -> Dict[str, int]:
-    """Return {process title: pid} of the direct children of `pid`."""
-    result = {}
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids = [int(p) for p in f.read().split()]
-    except OSError:
-        return {}
-    for child in pids:
-        try:
-            with open(f"/proc/{child}/cmdline", "rb") as f:
-                title = f.read().split(b"\0")[0].decode()
-        except OSError:
-            continue
-        result[title] = child
-    return result
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"  # a zombie is gone for our purposes
-    except OSError:
-        return True
 
 
 class Running:
