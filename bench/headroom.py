@@ -31,7 +31,7 @@ from bench.common import (BenchError, Processes, Row, Samples, children_of, daem
 
 FAST = {"fast": 0.01, "medium": 0.01, "slow": 0.01}
 WARMUP = 3.0
-WINDOW = 12.0
+WINDOW = 10.0
 SCRAPE_EVERY = 0.25
 TARGET = 2000.0
 
