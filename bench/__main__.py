@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Callable, Dict, List, Optional, Sequence
 
-from bench.common import VICTORIA_METRICS, Row, load_average
+from bench.common import VICTORIA_METRICS, Row, exit_on_signals, load_average
 
 INFLUX_POINTS = 1_000_000
 INFLUX_RATE = 2000.0  # live readings per second while the backlog drains (the headroom target)
@@ -146,6 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f"run only these: {', '.join(BENCHMARKS)}")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown as well")
     args = parser.parse_args(argv)
+    exit_on_signals()
     names = args.only or list(BENCHMARKS)
     for key, value in machine().items():
         print(f"{key}: {value}")

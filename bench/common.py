@@ -153,6 +153,16 @@ def _signal_group(proc: "subprocess.Popen[bytes]", signum: int) -> None:
         pass
 
 
+def exit_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into SystemExit, so that `Processes` stops what it started (children run in
+    sessions of their own and would outlive a benchmark killed without cleanup)."""
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, leave)
+
+
 def rctmon(*args: str) -> List[str]:
     return [PYTHON, "-m", "rctmon.cli", *args]
 

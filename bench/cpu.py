@@ -99,7 +99,9 @@ def run(marginal_ms: Optional[float] = None) -> List[Row]:
 
 def main() -> int:
     from bench.__main__ import print_table
+    from bench.common import exit_on_signals
 
+    exit_on_signals()
     print_table(run())
     return 0
 

@@ -151,7 +151,9 @@ def run() -> Tuple[List[Row], Optional[float]]:
 
 def main() -> int:
     from bench.__main__ import print_table
+    from bench.common import exit_on_signals
 
+    exit_on_signals()
     print_table(run()[0])
     return 0
 

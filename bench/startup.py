@@ -158,7 +158,9 @@ def run() -> List[Row]:
 
 def main() -> int:
     from bench.__main__ import print_table
+    from bench.common import exit_on_signals
 
+    exit_on_signals()
     print_table(run())
     return 0
 
