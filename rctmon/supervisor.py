@@ -14,6 +14,7 @@ leave the backlog once written to its channel.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -40,7 +41,8 @@ HEARTBEAT_TIMEOUT = 15.0  # seconds of silence after which a child is considered
 RESTART_DELAY_MIN = 0.25  # first restart after this many seconds, doubling per consecutive failure
 RESTART_DELAY_MAX = 30.0
 STABLE_AFTER = 60.0  # a child that ran this long has its restart delay reset
-HEALTH_INTERVAL = 1.0  # seconds between Health messages to the prometheus child
+HEALTH_INTERVAL = 5.0  # seconds between Health refreshes to the prometheus child while nothing changes
+HEALTH_MIN_GAP = 1.0  # a change (readings, a restart, the device) is sent this soon, coalesced
 STATUS_INTERVAL = 5.0  # seconds between systemd STATUS= refreshes
 STOP_GRACE = 6.0  # seconds children get to exit after Stop before they are killed
 BACKLOG_MAX_READINGS = 1_000_000  # per exporter; beyond it the oldest batches are dropped and counted
@@ -144,12 +146,18 @@ class Supervisor:
         self.device: DeviceStatus = DeviceStatus(up=False, reason="starting")
         self.seq = 0
         self.latest: Dict[int, Reading] = {}  # object id -> latest reading, for new latest-value exporters
+        # Counted here rather than taken from the collector's heartbeat: current at once, and a collector restart
+        # does not reset the counter.
+        self.readings_routed = 0
+        self.last_reading_ns = 0
+        self._health_dirty = False
+        self._health_sent = 0.0
         self.ready_sent = False
         self.stopping = False
         self.pending_signals: List[int] = []
         self.readings_window: Deque[Tuple[float, int]] = collections.deque()
         self._wakeup_r, self._wakeup_w = os.pipe()
-        self._timers = {"health": Every(HEALTH_INTERVAL), "status": Every(STATUS_INTERVAL)}
+        self._timers = {"status": Every(STATUS_INTERVAL)}
         if self.notifier.watchdog_interval:
             self._timers["watchdog"] = Every(self.notifier.watchdog_interval)
 
@@ -205,6 +213,7 @@ class Supervisor:
         self.selector.register(ours.fileno(), selectors.EVENT_READ, ("channel", child))
         self.selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
         log.info("started %s (pid %d)", child.name, process.pid)
+        self._health_dirty = True
         if child.spec.is_exporter:
             if self.inventory is not None:
                 ours.send(self.inventory)
@@ -288,6 +297,8 @@ class Supervisor:
 
     def _next_timeout(self, max_wait: float) -> float:
         waits = [max_wait] + [t.remaining() for t in self._timers.values()]
+        gap = HEALTH_MIN_GAP if self._health_dirty else HEALTH_INTERVAL
+        waits.append(max(0.0, self._health_sent + gap - time.monotonic()))
         now = time.monotonic()
         waits += [max(0.0, c.restart_at - now) for c in self.children.values() if c.restart_at is not None]
         return min(waits)
@@ -356,7 +367,7 @@ class Supervisor:
                   and now - child.last_heard > HEARTBEAT_TIMEOUT):
                 log.error("%s sent nothing for %.0f s; killing it", child.name, now - child.last_heard)
                 child.process.kill()
-        if self._timers["health"].due():
+        if now - self._health_sent >= (HEALTH_MIN_GAP if self._health_dirty else HEALTH_INTERVAL):
             self._send_health()
         if self._timers["status"].due():
             self.notifier.status(self.status_line())
@@ -379,6 +390,7 @@ class Supervisor:
         self._forget_channel(child)
         code = process.exitcode
         lived = time.monotonic() - child.spawned_at
+        self._health_dirty = True
         if child.stopping or self.stopping:
             log.info("%s exited (status %s)", child.name, code)
             if child.planned_restart and not self.stopping:
@@ -395,6 +407,10 @@ class Supervisor:
         self.seq += 1
         batch = ReadingBatch(batch.readings, self.seq)
         self.readings_window.append((time.monotonic(), len(batch.readings)))
+        if batch.readings:
+            self.readings_routed += len(batch.readings)
+            self.last_reading_ns = batch.readings[-1][2]
+            self._health_dirty = True
         self.latest.update((reading[0], reading) for reading in batch.readings)
         for exporter in self._exporters():
             exporter.backlog.append(batch)
@@ -439,6 +455,7 @@ class Supervisor:
             log.info("inverter %s%s", "connected" if status.up else "unreachable",
                      f": {status.reason}" if status.reason else "")
         self.device = status
+        self._health_dirty = True
         self._broadcast(status)
         self.notifier.status(self.status_line())
 
@@ -446,9 +463,12 @@ class Supervisor:
         child.rss_bytes, child.cpu_seconds = beat.rss_bytes, beat.cpu_seconds
         if beat.stats is not None:
             child.stats = beat.stats
+            # The collector's counters are the ones people watch move; the others ride on the periodic refresh.
+            self._health_dirty = self._health_dirty or child.name == "collector"
 
     def _on_started(self, child: Child, started: Started) -> None:
         child.started = child.ever_started = True
+        self._health_dirty = True
         if not self.ready_sent and all(c.started for c in self.children.values()):
             self.ready_sent = True
             self.notifier.ready(self.status_line())
@@ -483,7 +503,11 @@ class Supervisor:
         }
         processes["supervisor"] = ProcessHealth(up=True, restarts=0, readings_dropped=0, rss_bytes=rss,
                                                 cpu_seconds=cpu)
-        return Health(processes=processes, collector=self._stats("collector", CollectorStats),
+        collector = self._stats("collector", CollectorStats)
+        if collector is not None:
+            collector = dataclasses.replace(collector, readings=self.readings_routed,
+                                            last_reading_ns=self.last_reading_ns)
+        return Health(processes=processes, collector=collector,
                       influxdb=self._stats("influxdb", InfluxStats), mqtt=self._stats("mqtt", MqttStats),
                       device_up=self.device.up, inventory=self.inventory)
 
@@ -492,6 +516,8 @@ class Supervisor:
         return child.stats if child is not None and isinstance(child.stats, kind) else None
 
     def _send_health(self) -> None:
+        self._health_dirty = False
+        self._health_sent = time.monotonic()
         prometheus = self.children.get("prometheus")
         if prometheus is not None and prometheus.alive and prometheus.channel is not None:
             prometheus.channel.send(self.health())
