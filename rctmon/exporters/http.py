@@ -1,10 +1,10 @@
-"""The HTTP(S) server of the Prometheus endpoint: /metrics, a landing page, optional TLS and basic auth.
+"""The Prometheus endpoint: /metrics from a shared exposition cache, a landing page, optional TLS and basic auth.
 
 prometheus_client's own `start_http_server` binds its socket with a backlog of 5, so a burst of scrapers overflows
-it and waits for a 1 s TCP retransmit. This server runs on the socket the supervisor bound (its backlog, and the
-port kept across restarts of the child) with one thread per connection, so a slow or stuck client only ever holds
-its own thread: every socket has a timeout, and a TLS handshake happens in the connection's thread, never in the
-accepting one. The exposition is rendered once and shared by concurrent scrapes (`ExpositionCache`).
+it and waits for a 1 s TCP retransmit. This endpoint runs on the socket the supervisor bound (its backlog, and the
+port kept across restarts of the child). The HTTP server itself is rctmon.exporters.httpserver: plain HTTP from one
+thread over non-blocking sockets, TLS from a thread per connection. The exposition is rendered once and shared by
+concurrent scrapes (`ExpositionCache`), so answering a scrape is mostly a dictionary lookup and a send.
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ import binascii
 import gzip
 import hmac
 import http.client
-import http.server
 import logging
 import socket
-import socketserver
 import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
@@ -30,14 +28,12 @@ from prometheus_client.registry import Collector
 
 from rctmon import __version__
 from rctmon.config import PrometheusConfig
+from rctmon.exporters.httpserver import DEFAULT_LIMITS, HttpServer, Limits, Request, Response
 
 log = logging.getLogger("rctmon.prometheus.http")
 
-CLIENT_TIMEOUT = 10.0  # seconds a client may take per read or write (and idle between keep-alive requests)
 RENDER_MIN_AGE = 0.1  # seconds: concurrent scrapes within this share one rendering, even if data changed
 RENDER_MAX_AGE = 1.0  # seconds: render again after this even if nothing changed (stale values must vanish)
-POLL_INTERVAL = 0.1  # seconds the accept loop takes to notice shutdown()
-_TLS_HANDSHAKE = 0x16  # first byte of every TLS connection: a ClientHello record
 
 LANDING_PAGE = f"""<!DOCTYPE html>
 <html lang="en">
@@ -49,9 +45,6 @@ LANDING_PAGE = f"""<!DOCTYPE html>
 </body>
 </html>
 """.encode("utf-8")
-
-PLAIN_HTTP_REFUSED = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                      b"\r\nClient sent an HTTP request to an HTTPS server.\n")
 
 
 @dataclass
@@ -173,123 +166,40 @@ def tls_context(config: PrometheusConfig) -> Optional[ssl.SSLContext]:
     return context
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Answer one connection's requests (keep-alive: several in a row)."""
+class EndpointServer(HttpServer):
+    """The endpoint: /metrics from the exposition cache, a landing page at /, 404 elsewhere, optional basic auth.
 
-    protocol_version = "HTTP/1.1"
-    server_version = f"rctmon/{__version__}"
-    timeout = CLIENT_TIMEOUT
-    server: "EndpointServer"
-
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
-        self._answer(send_body=True)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._answer(send_body=False)
-
-    def _answer(self, send_body: bool) -> None:
-        auth = self.server.auth
-        if auth is not None and not auth.allows(self.headers.get("Authorization")):
-            self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8", send_body,
-                       [("WWW-Authenticate", 'Basic realm="rctmon", charset="UTF-8"')])
-            return
-        route = _ROUTES.get(urlsplit(self.path).path)
-        if route is None:
-            self._send(404, b"Not found. Metrics are at /metrics\n", "text/plain; charset=utf-8", send_body)
-            return
-        route(self, send_body)
-
-    def _metrics(self, send_body: bool) -> None:
-        want_gzip = accepts_gzip(self.headers.get("Accept-Encoding", ""))
-        try:
-            body, content_type = self.server.cache.get(self.headers.get("Accept", ""), want_gzip)
-        except Exception:  # noqa: BLE001 - a bug in a collector must cost one scrape, never the server
-            log.exception("rendering the exposition failed")
-            self._send(500, b"rendering the metrics failed; see rctmon's log\n", "text/plain; charset=utf-8",
-                       send_body)
-            return
-        extra = [("Content-Encoding", "gzip")] if want_gzip else []
-        self._send(200, body, content_type, send_body, extra + [("Vary", "Accept, Accept-Encoding")])
-
-    def _landing(self, send_body: bool) -> None:
-        self._send(200, LANDING_PAGE, "text/html; charset=utf-8", send_body)
-
-    def _send(self, status: int, body: bytes, content_type: str, send_body: bool,
-              headers: Optional[List[Tuple[str, str]]] = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers or []:
-            self.send_header(name, value)
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the signature http.server calls
-        """Log requests at debug level; http.server would write every scrape to stderr."""
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s - %s", self.address_string(), format % args)
-
-
-_ROUTES: Dict[str, Callable[[_Handler, bool], None]] = {
-    "/metrics": _Handler._metrics,
-    "/": _Handler._landing,
-}
-
-
-class EndpointServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """A threading HTTP server on a socket bound elsewhere (by the supervisor), with optional TLS and basic auth."""
-
-    daemon_threads = True  # connection threads never keep the child alive after run() returns
-    block_on_close = False
+    It serves a socket bound elsewhere (by the supervisor), plain HTTP from one event loop and TLS from a thread
+    per connection (rctmon.exporters.httpserver); `serve_forever` runs until `shutdown`.
+    """
 
     def __init__(self, listen_socket: socket.socket, cache: ExpositionCache, auth: Optional[BasicAuth] = None,
-                 tls: Optional[ssl.SSLContext] = None) -> None:
-        socketserver.BaseServer.__init__(self, listen_socket.getsockname(), _Handler)
-        self.socket = listen_socket
-        # Non-blocking accept: a client that resets between select() and accept() must not stall the accept loop.
-        listen_socket.setblocking(False)
+                 tls: Optional[ssl.SSLContext] = None, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__(listen_socket, self.answer, tls=tls, server_name=f"rctmon/{__version__}", limits=limits)
         self.cache = cache
         self.auth = auth
-        self.tls = tls
 
-    def server_bind(self) -> None:  # pragma: no cover - the socket comes bound
-        raise RuntimeError("EndpointServer serves a socket that is already bound")
+    def answer(self, request: Request) -> Response:
+        """Return the response to a GET or HEAD: 401 without the credentials, then by path."""
+        if self.auth is not None and not self.auth.allows(request.headers.get("authorization")):
+            return Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", _CHALLENGE),))
+        route = _ROUTES.get(urlsplit(request.target).path)
+        if route is None:
+            return Response(404, b"Not found. Metrics are at /metrics\n")
+        return route(self, request)
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        """Run in the connection's thread: the TLS handshake, then the handler."""
-        request.settimeout(CLIENT_TIMEOUT)
-        # Headers and body leave in separate writes; with Nagle's algorithm the body's last segment would wait
-        # for the client's delayed ACK (40 ms on Linux) on every keep-alive scrape.
+    def _metrics(self, request: Request) -> Response:
+        want_gzip = accepts_gzip(request.headers.get("accept-encoding", ""))
         try:
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # not TCP
-            pass
-        if self.tls is None:
-            _Handler(request, client_address, self)
-            return
-        secured = self._handshake(request)
-        if secured is None:
-            return
-        try:
-            _Handler(secured, client_address, self)
-        finally:
-            _close_quietly(secured)
+            body, content_type = self.cache.get(request.headers.get("accept", ""), want_gzip)
+        except Exception:  # noqa: BLE001 - a bug in a collector must cost one scrape, never the server
+            log.exception("rendering the exposition failed")
+            return Response(500, b"rendering the metrics failed; see rctmon's log\n")
+        extra = (("Content-Encoding", "gzip"),) if want_gzip else ()
+        return Response(200, body, content_type, extra + (("Vary", "Accept, Accept-Encoding"),))
 
-    def _handshake(self, request: socket.socket) -> Optional[ssl.SSLSocket]:
-        """Return the connection wrapped in TLS, or None after answering a plain-HTTP request with 400."""
-        assert self.tls is not None
-        first = request.recv(1, socket.MSG_PEEK)
-        if not first:
-            return None
-        if first[0] != _TLS_HANDSHAKE:
-            _refuse(request)
-            return None
-        return self.tls.wrap_socket(request, server_side=True)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log a failed connection (reset, timeout, bad handshake) briefly; it concerns that client only."""
-        log.debug("connection from %s failed", client_address, exc_info=True)
+    def _landing(self, request: Request) -> Response:
+        return Response(200, LANDING_PAGE, "text/html; charset=utf-8")
 
     def probe(self, timeout: float = 5.0) -> bool:
         """Return whether a request to the landing page over the real socket is answered with 200 in time.
@@ -326,25 +236,8 @@ class EndpointServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             time.sleep(0.05)
 
 
-def _refuse(request: socket.socket) -> None:
-    """Answer a plain-HTTP request on the HTTPS endpoint with 400, as Prometheus' own web config does.
-
-    The client's unread request is drained before closing: closing with unread data would send a reset that can
-    overtake the answer.
-    """
-    request.sendall(PLAIN_HTTP_REFUSED)
-    request.shutdown(socket.SHUT_WR)
-    request.settimeout(1.0)
-    drained = 0
-    while drained < 65536:
-        chunk = request.recv(4096)
-        if not chunk:
-            return
-        drained += len(chunk)
-
-
-def _close_quietly(sock: socket.socket) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass
+_CHALLENGE = 'Basic realm="rctmon", charset="UTF-8"'
+_ROUTES: Dict[str, Callable[[EndpointServer, Request], Response]] = {
+    "/metrics": EndpointServer._metrics,
+    "/": EndpointServer._landing,
+}

@@ -1,9 +1,9 @@
 """The prometheus child: a cache of the latest readings and health, exposed by a custom collector over HTTP.
 
 The supervisor binds the endpoint's socket and forks this child, which calls `run`. The main thread handles the
-supervisor's messages (readings, inventory, device status, health); HTTP threads render the exposition from the
-same state under a lock. prometheus_client's multiprocess mode is not used: it cannot carry custom collectors or
-info metrics, and this one process owns the registry.
+supervisor's messages (readings, inventory, device status, health); the HTTP thread (with TLS, a thread per
+connection) renders the exposition from the same state under a lock. prometheus_client's multiprocess mode is not
+used: it cannot carry custom collectors or info metrics, and this one process owns the registry.
 """
 
 from __future__ import annotations
@@ -445,8 +445,7 @@ def run(config: Config, channel: Channel, listen_socket: socket.socket) -> None:
     cache = http.ExpositionCache(build_registry(state, config), state.current_generation)
     server = http.EndpointServer(listen_socket, cache, http.basic_auth(config.prometheus),
                                  http.tls_context(config.prometheus))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": http.POLL_INTERVAL},
-                              name="rctmon-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name="rctmon-http", daemon=True)
     thread.start()
     try:
         if not server.probe():
