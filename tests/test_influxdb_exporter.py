@@ -586,3 +586,65 @@ def test_rejected_lines_are_isolated_dropped_and_counted(tmp_path: Path) -> None
         finally:
             drainer.stop(2.0)
             spool.close()
+
+
+def _count_peeks(spool: Spool) -> List[float]:
+    """Record when the drain thread looks into the spool (monotonic times)."""
+    peeks: List[float] = []
+    peek = spool.peek
+
+    def counting(limit: int) -> List[Tuple[int, bytes]]:
+        peeks.append(time.monotonic())
+        return peek(limit)
+
+    spool.peek = counting  # type: ignore[method-assign]
+    return peeks
+
+
+@pytest.mark.timeout(30)
+def test_the_drainer_sleeps_while_the_spool_is_empty_and_a_commit_wakes_it(tmp_path: Path) -> None:
+    """Issue 6: no look into an empty spool on a timer; points that arrive together go out in one request."""
+    with FakeInflux([]) as fake:
+        spool, stats, drainer = _drainer(tmp_path, fake.url, flush_interval=0.3)
+        peeks = _count_peeks(spool)
+        try:
+            drainer.start()
+            time.sleep(1.0)  # three flush intervals
+            assert peeks == []
+            first = time.monotonic()
+            for i in range(3):  # the batches of one poll, 50 ms apart
+                spool.append([f"m f={i} {i}".encode()])
+                drainer.points_spooled()
+                time.sleep(0.05)
+            wait_for(lambda: stats.snapshot(0).points_written == 3, 10, message="the three points written")
+            assert len(fake.requests) == 1 and fake.requests[0][2] == b"m f=0 0\nm f=1 1\nm f=2 2"
+            assert fake.requests[0][0] - first >= 0.25  # the flush interval ran from the first commit
+            looked = len(peeks)
+            time.sleep(1.0)
+            assert len(peeks) == looked, "the drainer woke up with nothing to send"
+        finally:
+            assert drainer.stop(2.0)
+            spool.close()
+
+
+@pytest.mark.timeout(30)
+def test_stop_ends_the_idle_wait_the_flush_interval_and_a_backoff_sleep_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(influxwriter, "BACKOFF_MULTIPLIER", 30.0)
+    monkeypatch.setattr(influxwriter, "BACKOFF_JITTER", 0.0)
+    for phase in ("idle", "flush interval", "backoff"):
+        with FakeInflux([json_error(503, "busy")] * 10) as fake:
+            spool, stats, drainer = _drainer(tmp_path, fake.url, flush_interval=30.0 if phase != "backoff" else 0.01)
+            try:
+                drainer.start()
+                if phase != "idle":
+                    spool.append([b"m f=1 1"])
+                    drainer.points_spooled()
+                if phase == "backoff":
+                    wait_for(lambda: stats.snapshot(0).write_errors.get("server") == 1, 10, message="a 503")
+                time.sleep(0.2)
+                began = time.monotonic()
+                assert drainer.stop(2.0), phase
+                assert time.monotonic() - began < 0.5, phase
+            finally:
+                spool.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config
@@ -41,9 +41,12 @@ MAX_READINGS_PER_COMMIT = 20000  # a long replay is committed (and acknowledged)
 class Receiver:
     """The main thread's work: turn batches into spooled points (or held readings) and track what to ack."""
 
-    def __init__(self, spool: Spool, stats: StatsBox) -> None:
+    def __init__(self, spool: Spool, stats: StatsBox, on_spooled: Optional[Callable[[], None]] = None) -> None:
+        """`on_spooled` runs after every commit that added points: the drain thread sleeps until told (it does
+        not poll an empty spool)."""
         self.spool = spool
         self.stats = stats
+        self._on_spooled = on_spooled
         self.encoder: Optional[LineEncoder] = None
         self.acked = 0  # highest seq made durable
         self._pending: List[ReadingBatch] = []
@@ -63,8 +66,11 @@ class Receiver:
         readings = [r for batch in self._pending for r in batch.readings]
         if self.encoder is not None:
             invalid_before = self.encoder.invalid
-            dropped = self.spool.append(self.encoder.encode_all(readings))
+            lines = self.encoder.encode_all(readings)
+            dropped = self.spool.append(lines)
             self._note_invalid(self.encoder.invalid - invalid_before)
+            if lines:
+                self._spooled()
         else:
             dropped = self.spool.hold([r for r in readings if r[0] in EXPORTED_IDS])
         self.stats.dropped(dropped)
@@ -87,8 +93,13 @@ class Receiver:
             invalid_before = encoder.invalid
             released = self.spool.release_held(encoder.encode_all)
             self._note_invalid(encoder.invalid - invalid_before)
+            self._spooled()
             log.info("%d readings taken before the inverter's name was known are now points (inverter=%r)",
                      released, name)
+
+    def _spooled(self) -> None:
+        if self._on_spooled is not None:
+            self._on_spooled()
 
     def _note_invalid(self, count: int) -> None:
         if count:
@@ -131,7 +142,7 @@ def run(config: Config, channel: Channel) -> None:
         raise
     stats = StatsBox()
     drainer = Drainer(spool, lambda: InfluxSender(settings), settings, stats)
-    receiver = Receiver(spool, stats)
+    receiver = Receiver(spool, stats, drainer.points_spooled)
     log.info("writing to InfluxDB at %s (bucket %s); spool %s holds %d points", settings.url, settings.bucket,
              path, spool.count + spool.held_count)
     drainer.start()
@@ -144,6 +155,7 @@ def run(config: Config, channel: Channel) -> None:
             if heartbeat.due():
                 channel.send(_heartbeat(stats, spool))
             try:
+                # Heartbeats are the only timed wake-up of an idle child: the drain thread sleeps until a commit.
                 messages = channel.wait(heartbeat.remaining())
             except ChannelClosed:
                 receiver.commit()  # nobody is left to ack to; what arrived is durable anyway

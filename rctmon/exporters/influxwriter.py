@@ -1,9 +1,14 @@
 """The drain thread of the influxdb exporter: spool -> InfluxDB, oldest first, with retries that never give up.
 
 It runs beside the main thread (which receives, spools and acknowledges) so that a hung or absent InfluxDB can
-never delay an acknowledgement. Every `flush_interval` it sends what waits in batches of `batch_size`; while full
-batches keep coming (a backlog after an outage) it sends them back to back. A point leaves the spool only after
-InfluxDB accepted it.
+never delay an acknowledgement. When points arrive it waits `flush_interval`, so that the readings of one poll (and
+whatever else comes meanwhile) go out in one request, then sends what waits in batches of `batch_size`; while full
+batches keep coming (a backlog after an outage) it sends them back to back, and while points remain after a pass the
+next one follows `flush_interval` later. A point leaves the spool only after InfluxDB accepted it.
+
+While the spool is empty the thread sleeps without a timeout until the main thread reports a commit
+(`Drainer.points_spooled`): at the default tiers readings come in bursts every 10 s, and a thread that looked into
+the empty spool every second in between was most of what the idle child cost (issue 6).
 
 What InfluxDB answers decides what happens (one place, `classify`):
 
@@ -218,7 +223,11 @@ class Drainer:
         self.stats = stats
         self.slow_retry = SLOW_RETRY if slow_retry is None else slow_retry
         self._stopping = threading.Event()
-        self._wake = threading.Event()
+        # Two events, because the thread waits for two different things: `_arrived` ends the sleep of an empty
+        # spool (the main thread committed points); `_hurry` ends the flush interval early (flush_soon, stop, a
+        # backlog at start). Commits during the flush interval set only `_arrived`, so they do not wake the thread.
+        self._arrived = threading.Event()
+        self._hurry = threading.Event()
         self._idle = threading.Condition()
         self._passes = 0  # drain passes completed, for wait_drained
         self._busy = False  # a drain pass is running
@@ -242,9 +251,18 @@ class Drainer:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def points_spooled(self) -> None:
+        """Tell the thread that points were committed to the spool (main thread, after every commit that added some).
+
+        The thread does not poll the spool: without this call points would wait until the next flush_soon or the
+        next restart. Cheap enough to call after every commit (an Event.set).
+        """
+        self._arrived.set()
+
     def flush_soon(self) -> None:
-        """Start a drain pass now instead of at the next flush interval."""
-        self._wake.set()
+        """Start a drain pass now instead of at the end of the flush interval (even if the spool looks empty)."""
+        self._hurry.set()
+        self._arrived.set()  # after _hurry: the thread, woken from an empty spool, must see that it is to hurry
 
     def wait_drained(self, timeout: float) -> bool:
         """Ask for a drain pass and wait up to `timeout` s for it to finish; return whether the spool is empty.
@@ -270,7 +288,7 @@ class Drainer:
         accepted it before the process ended, its points are sent once more after the restart.
         """
         self._stopping.set()
-        self._wake.set()
+        self.flush_soon()  # ends whichever wait the thread is in; the backoff sleeps wait on _stopping itself
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -281,13 +299,18 @@ class Drainer:
         try:
             self.sender = self._make_sender()
             if self.spool.count:  # a backlog from before the restart: start on it at once
-                self._wake.set()
+                self._hurry.set()
             while not self._stopping.is_set():
-                self._wake.wait(self.config.flush_interval)
-                self._wake.clear()
+                self._await_pass()
                 if self._stopping.is_set():
                     break
                 with self._idle:
+                    # Cleared under the lock that wait_drained holds while it reads _busy and calls flush_soon, so
+                    # its request is either served by this pass (it sees _busy False and sets _hurry before this)
+                    # or counted as needing the next one (it sees _busy True). Points committed after the clear of
+                    # _arrived set it again and are found by the next pass.
+                    self._hurry.clear()
+                    self._arrived.clear()
                     self._busy = True
                 self._drain()
                 with self._idle:
@@ -301,6 +324,25 @@ class Drainer:
         finally:
             with self._idle:
                 self._idle.notify_all()
+
+    def _await_pass(self) -> None:
+        """Return when the next drain pass is due.
+
+        At once after flush_soon or stop. Otherwise `flush_interval` after points are there: after the commit that
+        put the first point into an empty spool, or after the previous pass if it left points behind. That
+        interval is what batches the writes; commits during it do not wake the thread.
+
+        While the spool is empty this waits without a timeout, so an idle child with a healthy InfluxDB has no
+        periodic wake-up at all. Points appear in the spool only through the main thread (which calls
+        points_spooled after each commit) or stay after a pass (the count is then non-zero), so none can be
+        missed: the count is checked after every wake, and an `_arrived` set between the check and the wait makes
+        the wait return at once.
+        """
+        while not self.spool.count and not self._hurry.is_set():
+            self._arrived.wait()
+            self._arrived.clear()
+        if not self._hurry.is_set():
+            self._hurry.wait(self.config.flush_interval)
 
     def _drain(self) -> None:
         """Send full batches back to back, then the partial one that remains."""
