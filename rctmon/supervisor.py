@@ -169,6 +169,7 @@ class Supervisor:
         if self.config.prometheus.enable:
             self.listen_socket = self._bind(self.config)  # fail before any child starts when the port is taken
         self._install_signals()
+        _share_with_children()
         for spec in self.specs:
             if spec.enabled(self.config):
                 self.children[spec.name] = Child(spec)
@@ -598,6 +599,20 @@ class Supervisor:
             except (KeyError, ValueError):
                 pass
         self._forget_channel(child)
+
+
+def _share_with_children() -> None:
+    """Load what every child needs before forking, so that they share one copy of it.
+
+    Each child reads the catalog (and so rctclient's registry of some 900 objects). Loaded here, its pages are
+    shared copy-on-write by all children instead of copied into each; `gc.freeze` keeps the collector from
+    touching (and so copying) those objects later. This is data, not a library that could misbehave.
+    """
+    import gc
+
+    import rctmon.catalog  # noqa: F401
+
+    gc.freeze()
 
 
 def _child_main(spec: ChildSpec, config: Config, channel: Channel, extra: Any, inherited: List[int]) -> None:
