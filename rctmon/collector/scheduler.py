@@ -3,8 +3,10 @@
 A READ takes the inverter about 60 ms to answer; asking one object at a time caps a poll at ~16 values per second.
 So requests are pipelined: up to `Window.limit` are in flight. Some peers answer only part of a burst, so the window
 adapts like TCP's congestion window (additive increase, multiplicative decrease): it shrinks when requests go
-unanswered and grows back by about one per window of answers. A lost request is noticed when later ones are
-answered, or at its timeout, and is asked again. Tiers (`TierClock`) decide which objects are due.
+unanswered and grows back by about one per window of answers. A peer that loses requests even when they are sent
+one at a time loses them at random, not for want of room: for it the window keeps a floor. A lost request is noticed
+when later ones are answered, or at its timeout (adaptive, like TCP's), and is asked again. Tiers (`TierClock`)
+decide which objects are due.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import bisect
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Deque, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from rctmon.catalog import Series, Tier
 from rctmon.collector.connection import ReadOnlyLink
@@ -24,11 +26,18 @@ from rctmon.messages import RESPONSE_BUCKETS, CollectorStats
 
 log = logging.getLogger("rctmon.collector.scheduler")
 
-#: Attempts per request before it is given up until its next turn; a missing object must not block a poll.
+#: Attempts per request before it is given up; a missing object must not block a poll. A request given up is asked
+#: once more (another MAX_ATTEMPTS) when the queue runs dry, then left until its tier comes round again.
 MAX_ATTEMPTS = 4
 #: A request counts as lost once this many requests sent after it have been answered. The inverter answers in
 #: order; the threshold tolerates the odd answer to the same object that the vendor's app asked for.
 REORDER_LIMIT = 3
+#: Least adaptive request timeout (RFC 6298 asks for 1 s on the internet; a LAN inverter answers in ~60 ms, and
+#: 0.2 s is TCP's practical minimum on Linux). The most is `device.request_timeout`, also used before any sample.
+MIN_REQUEST_TIMEOUT = 0.2
+#: Timeouts in a row, with no answer between, after which the request timeout doubles: at 30 % random loss a request
+#: sent alone is lost twice in a row often (9 %), three times rarely (2.7 %); a silent peer gets there at once.
+SILENT_TIMEOUTS = 3
 
 
 class Window:
@@ -41,24 +50,61 @@ class Window:
     patience, so a peer that can take only so much is probed rarely instead of losing a request every few answers.
     Once a probe holds for a full window, the ceiling is forgotten. Each event cuts only once: requests sent
     before the last cut do not cut again.
+
+    Cutting helps only a peer that loses requests for want of room. One that loses a *lone* request (sent while
+    nothing else was in flight) and answers the lone requests just before and just after it loses requests at
+    random, as over a lossy link: at 30 % loss a window cut on every loss sits at one request, and every loss there
+    costs a timeout. After `FLOOR_EVIDENCE` such losses the window gets a floor of `FLOOR`: cuts stop there, and a
+    loss at the floor only restarts the count towards the next step up. A peer that merely loses bursts
+    (rctclient's simulator answers only the first one or two requests that arrive together) answers every lone
+    request, so it never gets a floor and keeps the backoff above; silence loses lone requests in a row, which is
+    no evidence either. Should a floor be wrong all the same (a hiccup, on a peer that can take fewer requests), it
+    is dropped after it held back `recheck` cuts, and earned again only by new evidence. Each drop doubles
+    `recheck`, so a peer that loses at random is rarely made to prove it again; `CLEAR_AFTER` answers without a
+    lone request lost reset it.
     """
 
     PATIENCE = 8  # answers in a row before the window grows into the size that lost requests
     PATIENCE_MAX = 4096
+    FLOOR = 8  # requests kept in flight to a peer that loses requests at random, whatever it lost
+    FLOOR_EVIDENCE = 1  # lone requests lost between answered lone requests before the floor is set
+    CLEAR_AFTER = 32  # answers without a lone request lost that forget the evidence and reset `recheck`
+    RECHECK = 32  # cuts a floor holds back before it is dropped to see whether it is still needed
+    RECHECK_MAX = 4096
 
     def __init__(self, maximum: int) -> None:
         self.maximum = max(1, maximum)
         self.size = self.maximum
         self.ceiling: Optional[int] = None  # smallest size that lost requests since the last successful probe
         self.patience = self.PATIENCE
+        self.floor = 1
+        self.recheck = self.RECHECK
         self._streak = 0  # answers since the last change of size
         self._cut_at = float("-inf")
+        self._lone_answered = False  # the outcome of the last lone request
+        self._suspect = False  # a lone request was lost right after an answered one: is the next one answered?
+        self._evidence = 0
+        self._clean = 0  # answers since a lone request was lost
+        self._held = 0  # cuts the floor held back since it was set
 
     @property
     def limit(self) -> int:
         return self.size
 
-    def success(self) -> None:
+    def success(self, lone: bool = False) -> None:
+        """A request was answered; `lone`: it had been sent while nothing else was in flight."""
+        self._clean += 1
+        if self._clean == self.CLEAR_AFTER:
+            self._evidence = 0
+            if self.floor == 1:
+                self.recheck = self.RECHECK
+        if lone:
+            if self._suspect:  # answered, lost, answered: the peer was there and lost a request it had room for
+                self._suspect = False
+                self._evidence += 1
+                if self._evidence >= self.FLOOR_EVIDENCE and self.floor == 1 and self.maximum > 1:
+                    self._set_floor(min(self.maximum, self.FLOOR))
+            self._lone_answered = True
         self._streak += 1
         if self.ceiling is not None and self.size >= self.ceiling and self._streak >= self.size:
             self.ceiling, self.patience = None, self.PATIENCE  # the probe held for a full window
@@ -69,17 +115,49 @@ class Window:
             self.size += 1
             self._streak = 0
 
-    def loss(self, sent_at: float, now: float) -> None:
+    def loss(self, sent_at: float, now: float, lone: bool = False) -> None:
         """A request went unanswered while later ones were answered."""
+        self._lost(lone)
         self._cut(sent_at, now, max(1, self.size // 2))
 
-    def timeout(self, sent_at: float, now: float) -> None:
+    def timeout(self, sent_at: float, now: float, lone: bool = False) -> None:
         """A request went unanswered and nothing else came back either."""
+        self._lost(lone)
         self._cut(sent_at, now, 1)
+
+    def _lost(self, lone: bool) -> None:
+        if lone:
+            self._suspect = self._lone_answered  # a loss after a loss looks like silence, not like chance
+            self._lone_answered = False
+            self._clean = 0
+
+    def _set_floor(self, floor: int) -> None:
+        if floor > 1:
+            log.info("requests are lost even one at a time: keeping %d in flight", floor)
+            if self.ceiling is not None and self.ceiling <= floor:
+                self.ceiling, self.patience = None, self.PATIENCE
+            self.size = max(self.size, floor)
+            self._streak = 0
+        else:
+            log.info("checking again whether requests are lost one at a time")
+            self._evidence = 0
+            self.recheck = min(self.recheck * 2, self.RECHECK_MAX)
+        self.floor = floor
+        self._held = 0
 
     def _cut(self, sent_at: float, now: float, size: int) -> None:
         if sent_at < self._cut_at:
             return
+        if size < self.floor:
+            self._held += 1
+            if self._held >= self.recheck:
+                self._set_floor(1)
+            elif self.size <= self.floor:  # lost at the floor: chance, not too many requests
+                self._streak = 0
+                self._cut_at = now
+                return
+            else:
+                size = self.floor
         if self.ceiling is not None and self.size >= self.ceiling:
             self.patience = min(self.patience * 2, self.PATIENCE_MAX)  # the probe failed
         self.ceiling = self.size if self.ceiling is None else min(self.ceiling, self.size)
@@ -110,7 +188,21 @@ class _InFlight:
     seq: int  # sending order
     sent_at: float
     attempt: int
+    first_sent: float  # when the first attempt was sent
+    lone: bool  # sent while nothing else was in flight
+    measurable: bool  # an answer can only answer this attempt, so it measures the round trip
     passed: int = 0  # answers to requests sent after this one
+
+
+class _Ask(NamedTuple):
+    """A queued request."""
+
+    attempt: int
+    first_sent: Optional[float]  # None until the first attempt is sent
+    measurable: bool  # the first attempt, or one after the last gave up waiting for the longest timeout (Karn)
+
+
+_FRESH = _Ask(1, None, True)
 
 
 class _Read:
@@ -137,9 +229,27 @@ class Poller:
     """Send queued requests within the window, time them out, ask again, and match answers to requests.
 
     A request is lost when `REORDER_LIMIT` requests sent after it were answered (found out within a few round
-    trips, like TCP's fast retransmit), or when `request_timeout` has passed both since it was sent and since the
+    trips, like TCP's fast retransmit), or when the timeout has passed both since it was sent and since the
     last answer to one of our requests: while a slow inverter is still working through a pipelined burst, the
     requests at the end of the burst are not late, and a peer that answers nothing is found out after one timeout.
+
+    The timeout adapts as in RFC 6298: smoothed round trip plus four times its variation, at least
+    `MIN_REQUEST_TIMEOUT` and at most `request_timeout` (which is also the timeout before the first sample). A lossy
+    link costs a timeout per lost request that no later answer reveals, so a fixed 1 s would stall a peer that
+    answers in 60 ms. Samples come from answers to first attempts only (Karn: an answer to a request asked twice may
+    answer either), and from an attempt sent after the one before it waited the full `request_timeout` (an answer
+    slower than that counts as lost anyway): at 30 % loss, waiting for a first attempt to be answered could cost
+    several full timeouts before the first sample. The timeout doubles (up to `request_timeout`, until the next
+    sample) after `SILENT_TIMEOUTS` timeouts in a row with no answer between (silence), and when a request asked
+    again is answered twice (the first answer was only late: the peer slowed down, and without doubling no first
+    attempt would ever be answered in time to say so). Unlike TCP it does not double on every timeout: one request
+    at a time over a lossy link, or the end of a poll that is mostly requests asked again, loses two in a row often
+    enough, and doubling there would stall it.
+
+    A request given up after `max_attempts` is asked once more (another `max_attempts`) as soon as the queue runs
+    dry, if the peer answered one of our requests meanwhile: at 30 % loss about one object in 120 is given up, and
+    waiting for its tier to come round would leave a static value missing for an hour. A silent peer answers
+    nothing, so nothing is asked again into the silence; no timer is added for this.
     """
 
     def __init__(self, link: ReadOnlyLink, window: Window, stats: CollectorStats, request_timeout: float,
@@ -152,13 +262,20 @@ class Poller:
         self._on_idle = on_idle
         self._loop = asyncio.get_running_loop()
         self._queue: Deque[int] = deque()
-        self._queued: Dict[int, int] = {}  # object id -> attempt it will be sent as
+        self._queued: Dict[int, _Ask] = {}
+        self._parked: Dict[int, float] = {}  # given up once, to be asked once more: object id -> first sent
         self._in_flight: Dict[int, _InFlight] = {}  # in sending order
         self._reads: List[_Read] = []
         self._timer: Optional[asyncio.TimerHandle] = None
         self._last_progress = float("-inf")
         self._seq = 0
         self._times = ResponseTimes(stats)
+        self._srtt: Optional[float] = None  # smoothed round trip of first attempts
+        self._rttvar = 0.0
+        self._backoff = 1.0  # doubles on silence and on late answers, until a first attempt is answered
+        self._last_expiry = float("-inf")
+        self._silent_expiries = 0  # timeouts in a row with no answer between
+        self._answered_again: Dict[int, float] = {}  # object id -> when a request asked again was answered
         self.waiting_since: Optional[float] = None  # first request sent since the last answer
         self.given_up = 0
         self._closed = False
@@ -171,6 +288,14 @@ class Poller:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def timeout(self) -> float:
+        """Return the current request timeout (seconds since sending, and since the last answer)."""
+        if self._srtt is None:
+            return self._timeout
+        rto = max(MIN_REQUEST_TIMEOUT, self._srtt + 4 * self._rttvar) * self._backoff
+        return min(self._timeout, rto)
+
     def ask(self, object_ids: Iterable[int], urgent: bool = False) -> None:
         """Queue requests (once each: ids already queued or in flight are skipped) and send what the window allows."""
         new = [i for i in object_ids if i not in self._queued and i not in self._in_flight]
@@ -179,7 +304,8 @@ class Poller:
         else:
             self._queue.extend(new)
         for object_id in new:
-            self._queued[object_id] = 1
+            self._queued[object_id] = _FRESH
+            self._parked.pop(object_id, None)  # its turn came: asked afresh
         self._pump()
 
     async def read(self, object_ids: Sequence[int]) -> Dict[int, object]:
@@ -204,10 +330,23 @@ class Poller:
             pending.settle(object_id, value)
         request = self._in_flight.pop(object_id, None)
         if request is None:
+            answered = self._answered_again.pop(object_id, None)
+            if answered is not None and now - answered < self._timeout:
+                self._back_off()  # the second answer to a request asked again: it was late, not lost
             return
         self._last_progress = now
-        self._times.observe(now - request.sent_at)
-        self._window.success()
+        rtt = now - request.sent_at
+        self._times.observe(rtt)
+        if request.measurable:
+            before = self.timeout
+            self._sample(rtt)
+            if self._timer is not None and self.timeout < before:
+                self._timer.cancel()  # armed with the longer timeout (the first one, before any sample)
+                self._timer = None
+                self._arm()
+        else:
+            self._answered_again[object_id] = now
+        self._window.success(request.lone)
         lost: List[Tuple[int, _InFlight]] = []
         # with few requests in flight, few later answers can ever come: lower the bar (TCP's early retransmit)
         limit = min(REORDER_LIMIT, max(1, self._window.limit - 1))
@@ -223,6 +362,18 @@ class Poller:
         if self.idle and self._on_idle is not None:
             self._on_idle()
 
+    def _sample(self, rtt: float) -> None:
+        """Update the smoothed round trip and its variation (RFC 6298, section 2)."""
+        if self._srtt is None:
+            self._srtt, self._rttvar = rtt, rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+        self._backoff = 1.0
+
+    def _back_off(self) -> None:
+        self._backoff = min(self._backoff * 2, max(1.0, self._timeout / MIN_REQUEST_TIMEOUT))
+
     def close(self) -> None:
         """Forget everything (the connection is gone); waiting readers get what they have so far."""
         self._closed = True
@@ -234,21 +385,27 @@ class Poller:
                 pending.future.set_result(pending.values)
         self._queue.clear()
         self._queued.clear()
+        self._parked.clear()
+        self._answered_again.clear()
         self._in_flight.clear()
 
     def _pump(self) -> None:
         if self._closed:
             return
+        if not self._queue and self._parked:
+            self._unpark()
         room = self._window.limit - len(self._in_flight)
         if room <= 0 or not self._queue:
             return
         now = self._loop.time()
+        lone = not self._in_flight and (room == 1 or len(self._queue) == 1)
         batch: List[int] = []
         while room > 0 and self._queue:
             object_id = self._queue.popleft()
-            attempt = self._queued.pop(object_id)
+            attempt, first_sent, measurable = self._queued.pop(object_id)
             self._seq += 1
-            self._in_flight[object_id] = _InFlight(self._seq, now, attempt)
+            self._in_flight[object_id] = _InFlight(self._seq, now, attempt, now if first_sent is None else first_sent,
+                                                   lone, measurable)
             batch.append(object_id)
             room -= 1
         self._link.read(batch)
@@ -257,8 +414,15 @@ class Poller:
         if self._timer is None:
             self._arm()
 
+    def _unpark(self) -> None:
+        """Queue the objects given up once, if the peer answered one of our requests since they were first asked."""
+        ready = [object_id for object_id, first_sent in self._parked.items() if self._last_progress > first_sent]
+        for object_id in ready:
+            self._queued[object_id] = _Ask(self._max_attempts + 1, self._parked.pop(object_id), False)
+        self._queue.extend(ready)
+
     def _deadline(self, request: _InFlight) -> float:
-        return max(request.sent_at, self._last_progress) + self._timeout
+        return max(request.sent_at, self._last_progress) + self.timeout
 
     def _arm(self) -> None:
         if self._in_flight and not self._closed:
@@ -274,25 +438,37 @@ class Poller:
                 break  # sent later, so due later
             late.append((object_id, request))
         self._stats.request_timeouts += len(late)
-        self._lose(late, now, timed_out=True)
+        waited_longest = self.timeout >= self._timeout
+        if late:
+            self._silent_expiries = self._silent_expiries + 1 if self._last_progress < self._last_expiry else 1
+            if self._silent_expiries >= SILENT_TIMEOUTS:
+                self._back_off()
+            self._last_expiry = now
+        self._lose(late, now, timed_out=True, waited_longest=waited_longest)
         self._pump()
         if self._timer is None:
             self._arm()
         if self.idle and self._on_idle is not None:
             self._on_idle()
 
-    def _lose(self, lost: List[Tuple[int, _InFlight]], now: float, timed_out: bool = False) -> None:
-        """Take lost requests out of flight: ask them again first, or give them up after MAX_ATTEMPTS."""
+    def _lose(self, lost: List[Tuple[int, _InFlight]], now: float, timed_out: bool = False,
+              waited_longest: bool = False) -> None:
+        """Take lost requests out of flight: ask them again first, or give them up after `max_attempts`.
+
+        `waited_longest`: they timed out after the full `request_timeout`, so an answer to the next attempt is one.
+        """
         retry: List[int] = []
         cut = self._window.timeout if timed_out else self._window.loss
         for object_id, request in lost:
             del self._in_flight[object_id]
-            cut(request.sent_at, now)
-            if request.attempt < self._max_attempts:
+            cut(request.sent_at, now, request.lone)
+            if request.attempt % self._max_attempts:
                 retry.append(object_id)
-                self._queued[object_id] = request.attempt + 1
+                self._queued[object_id] = _Ask(request.attempt + 1, request.first_sent, waited_longest)
             else:
                 self.given_up += 1
+                if request.attempt == self._max_attempts:
+                    self._parked[object_id] = request.first_sent
                 log.debug("no answer for object 0x%08X after %d attempts", object_id, request.attempt)
                 for pending in self._reads:
                     pending.settle(object_id, INVALID)
