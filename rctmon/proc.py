@@ -9,7 +9,7 @@ import signal
 import time
 from typing import Tuple
 
-HEARTBEAT_INTERVAL = 3.0  # seconds between a child's heartbeats (the supervisor waits 15 s before it acts)
+HEARTBEAT_INTERVAL = 5.0  # seconds between a child's heartbeats (the supervisor waits 20 s before it acts)
 _PR_SET_PDEATHSIG = 1
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -37,7 +37,7 @@ from rctmon.systemd import Notifier
 
 log = logging.getLogger("rctmon.supervisor")
 
-HEARTBEAT_TIMEOUT = 15.0  # seconds of silence after which a child is considered hung and killed
+HEARTBEAT_TIMEOUT = 20.0  # seconds of silence (four heartbeats) after which a child is considered hung and killed
 RESTART_DELAY_MIN = 0.25  # first restart after this many seconds, doubling per consecutive failure
 RESTART_DELAY_MAX = 30.0
 STABLE_AFTER = 60.0  # a child that ran this long has its restart delay reset
@@ -463,9 +463,7 @@ class Supervisor:
     def _on_heartbeat(self, child: Child, beat: Heartbeat) -> None:
         child.rss_bytes, child.cpu_seconds = beat.rss_bytes, beat.cpu_seconds
         if beat.stats is not None:
-            child.stats = beat.stats
-            # The collector's counters are the ones people watch move; the others ride on the periodic refresh.
-            self._health_dirty = self._health_dirty or child.name == "collector"
+            child.stats = beat.stats  # counters ride on the periodic refresh; readings themselves mark a change
 
     def _on_started(self, child: Child, started: Started) -> None:
         child.started = child.ever_started = True
