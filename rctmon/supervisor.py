@@ -283,7 +283,8 @@ class Supervisor:
 
     # --- the loop -------------------------------------------------------------------------------------------------
 
-    def _loop_once(self, max_wait: float = 1.0) -> None:
+    def _loop_once(self, max_wait: float = 60.0) -> None:
+        """Wait for the next message, exit, signal or timer (timers bound the wait; nothing polls) and handle it."""
         self._update_write_interest()
         for key, _events in self.selector.select(self._next_timeout(max_wait)):
             kind, child = key.data
