@@ -57,7 +57,7 @@ class DeviceConfig:
     host: str = "127.0.0.1"
     port: int = 8899
     connect_timeout: float = 5.0  # seconds for the TCP connect
-    request_timeout: float = 1.0  # seconds without its answer (from sending and from the last answer) before re-asking
+    request_timeout: float = 1.0  # the longest wait for an answer before re-asking; usually less (from measured RTT)
     max_in_flight: int = 16  # requests sent before their answers arrived; shrinks when the inverter drops some
     silence_timeout: float = 30.0  # seconds without any answer before the connection is considered dead
     intervals: Intervals = field(default_factory=Intervals)
