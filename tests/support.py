@@ -15,7 +15,8 @@ import pytest
 
 T = TypeVar("T")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(os.path.dirname(REPO), "shared", "fixtures")
+#: Real bytes recorded from inverters (copied from the project's shared fixtures; see fixtures/README.md).
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

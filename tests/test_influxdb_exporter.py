@@ -499,7 +499,9 @@ def test_bad_token_then_unknown_bucket_are_logged_once_counted_and_nothing_block
         expected = {f"{r[2]}".encode() for r in sent}
         wait_for(lambda: expected <= {line.rsplit(b" ", 1)[-1] for line in fake.accepted}, 20,
                  message="every point accepted in the end")
-        wait_for(lambda: child.pump(0.1) and child.stats.spool_points == 0, 10, interval=0, message="empty spool")
+        # counters travel in heartbeats (every proc.HEARTBEAT_INTERVAL): wait for one sent after the drain
+        wait_for(lambda: child.pump(0.1) and child.stats.spool_points == 0 and child.stats.write_errors, 15,
+                 interval=0, message="a heartbeat after the drain")
         assert child.stats.write_errors == {"unauthorized": 3, "not_found": 3}
         assert child.stats.state == "ok"
         assert child.stop() < 2.0
