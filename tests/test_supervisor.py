@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from typing import Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 
@@ -57,10 +57,9 @@ def fake_collector(config: Config, channel: Channel, extra: object) -> None:
             channel.send(Heartbeat("collector", os.getpid(), 1, 0.0))
 
 
-def fake_spooling_exporter(config: Config, channel: Channel, extra: object) -> None:
-    """Record every reading number it receives (its 'spool'), then acknowledge the batch."""
-    channel.send(Started("influxdb"))
-    spool = open(os.path.join(_workdir(), "spool"), "a")
+def _serve(role: str, channel: Channel, handle: Callable[[object], None]) -> None:
+    """Be a stand-in exporter: report Started, hand every message to `handle`, heartbeat, stop when told."""
+    channel.send(Started(role))
     while True:
         try:
             messages = channel.wait(0.5)
@@ -69,31 +68,35 @@ def fake_spooling_exporter(config: Config, channel: Channel, extra: object) -> N
         for message in messages:
             if isinstance(message, Stop):
                 return
-            if isinstance(message, ReadingBatch):
-                spool.write("".join(f"{oid}\n" for oid, _, _ in message.readings))
-                spool.flush()
-                channel.send(Ack(message.seq))
-        channel.send(Heartbeat("influxdb", os.getpid(), 1, 0.0))
+            handle(message)
+        channel.send(Heartbeat(role, os.getpid(), 1, 0.0))
+
+
+def fake_spooling_exporter(config: Config, channel: Channel, extra: object) -> None:
+    """Record every reading number it receives (its 'spool'), then acknowledge the batch."""
+    spool = open(os.path.join(_workdir(), "spool"), "a")
+
+    def handle(message: object) -> None:
+        if isinstance(message, ReadingBatch):
+            spool.write("".join(f"{oid}\n" for oid, _, _ in message.readings))
+            spool.flush()
+            channel.send(Ack(message.seq))
+
+    _serve("influxdb", channel, handle)
 
 
 def fake_health_recorder(config: Config, channel: Channel, extra: object) -> None:
     """Stand in for the prometheus child: write the latest Health to a file."""
-    channel.send(Started("prometheus"))
     path = os.path.join(_workdir(), "health.json")
-    while True:
-        try:
-            messages = channel.wait(0.5)
-        except ChannelClosed:
-            return
-        for message in messages:
-            if isinstance(message, Stop):
-                return
-            if isinstance(message, Health):
-                data = {name: {"up": p.up, "restarts": p.restarts} for name, p in message.processes.items()}
-                with open(path + ".tmp", "w") as f:
-                    json.dump({"processes": data, "device_up": message.device_up}, f)
-                os.replace(path + ".tmp", path)
-        channel.send(Heartbeat("prometheus", os.getpid(), 1, 0.0))
+
+    def handle(message: object) -> None:
+        if isinstance(message, Health):
+            data = {name: {"up": p.up, "restarts": p.restarts} for name, p in message.processes.items()}
+            with open(path + ".tmp", "w") as f:
+                json.dump({"processes": data, "device_up": message.device_up}, f)
+            os.replace(path + ".tmp", path)
+
+    _serve("prometheus", channel, handle)
 
 
 SPECS = (
