@@ -103,7 +103,6 @@ class Child:
     process: Optional[Any] = None  # multiprocessing Process of the current incarnation
     channel: Optional[Channel] = None
     started: bool = False  # the current incarnation sent Started
-    ever_started: bool = False
     stopping: bool = False  # asked to stop (shutdown or reload); its exit is not a failure
     planned_restart: bool = False  # the next start follows a reload, not a failure: not counted as a restart
     spawned_at: float = 0.0
@@ -467,7 +466,7 @@ class Supervisor:
             child.stats = beat.stats  # counters ride on the periodic refresh; readings themselves mark a change
 
     def _on_started(self, child: Child, started: Started) -> None:
-        child.started = child.ever_started = True
+        child.started = True
         self._health_dirty = True
         if not self.ready_sent and all(c.started for c in self.children.values()):
             self.ready_sent = True
