@@ -1,17 +1,20 @@
 # The two commands a newcomer needs (see README.md):
 #   make demo   run rctmon against its built-in simulator, metrics on http://127.0.0.1:9831/metrics
-#   make test   install what the tests need and run the whole suite
+#   make test   install what the tests need, lint, and run the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# pip's progress and the index's notes are noise on a first screen; errors still show.
+PIP := $(PY) -m pip --quiet --disable-pip-version-check --no-input
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test lint bench system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	-$(PY) -m pip install --quiet -e '.[systemd]' || echo "systemd-python not built (needs libsystemd-dev, pkg-config); continuing without it"
+	$(PIP) install --upgrade pip 2>/dev/null || true
+	$(PIP) install -e '.[dev]'
+	@# systemd-python is optional (rctmon speaks the notify protocol itself); build it only where it can build.
+	@if pkg-config --exists libsystemd 2>/dev/null; then $(PIP) install -e '.[systemd]'; fi
 	touch $@
 
 demo: $(VENV)/.installed
@@ -20,7 +23,11 @@ demo: $(VENV)/.installed
 system-deps:
 	@sh scripts/install-system-deps
 
-test: system-deps $(VENV)/.installed
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check rctmon tests bench
+	$(VENV)/bin/mypy
+
+test: system-deps $(VENV)/.installed lint
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed

@@ -17,7 +17,8 @@ import platform
 import sys
 import time
 import traceback
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable
+from collections.abc import Sequence
 
 from bench.common import VICTORIA_METRICS, Row, exit_on_signals, load_average
 
@@ -25,29 +26,29 @@ INFLUX_POINTS = 1_000_000
 INFLUX_RATE = 2000.0  # live readings per second while the backlog drains (the headroom target)
 
 
-def _startup() -> List[Row]:
+def _startup() -> list[Row]:
     from bench import startup
 
     return startup.run()
 
 
-def _memory() -> List[Row]:
+def _memory() -> list[Row]:
     from bench import memory
 
     return memory.run()
 
 
 #: Figures one benchmark hands to another in the same run (headroom's CPU per reading is the CPU baseline).
-_SHARED: Dict[str, float] = {}
+_SHARED: dict[str, float] = {}
 
 
-def _cpu() -> List[Row]:
+def _cpu() -> list[Row]:
     from bench import cpu
 
     return cpu.run(_SHARED.get("marginal_ms"))
 
 
-def _headroom() -> List[Row]:
+def _headroom() -> list[Row]:
     from bench import headroom
 
     rows, marginal = headroom.run()
@@ -56,13 +57,13 @@ def _headroom() -> List[Row]:
     return rows
 
 
-def _scrape() -> List[Row]:
+def _scrape() -> list[Row]:
     from bench import scrape
 
     return scrape.run()
 
 
-def _influx() -> List[Row]:
+def _influx() -> list[Row]:
     """Run bench/influx_drain.py (the InfluxDB engineer's benchmark): drain only as baseline, then with live flow."""
     figure = "InfluxDB: 1M spooled points drain (readings flowing)"
     if not os.path.exists(VICTORIA_METRICS):
@@ -83,7 +84,7 @@ def _influx() -> List[Row]:
                 f"{baseline.rate:,.0f} points/s (drain only, nothing flowing)", flowing.rate >= 50_000, notes)]
 
 
-BENCHMARKS: Dict[str, Callable[[], List[Row]]] = {
+BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "startup": _startup,
     "memory": _memory,
     "headroom": _headroom,  # before cpu: its CPU per reading at full speed is cpu's baseline
@@ -93,7 +94,7 @@ BENCHMARKS: Dict[str, Callable[[], List[Row]]] = {
 }
 
 
-def machine() -> Dict[str, str]:
+def machine() -> dict[str, str]:
     """Return what the numbers were measured on."""
     model = "?"
     try:
@@ -140,7 +141,7 @@ def print_table(rows: Sequence[Row], markdown: bool = False, notes: bool = True)
     sys.stdout.flush()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("only", nargs="*", choices=[[]] + list(BENCHMARKS), metavar="NAME",
                         help=f"run only these: {', '.join(BENCHMARKS)}")
@@ -151,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for key, value in machine().items():
         print(f"{key}: {value}")
     print(f"load average before: {load_average()}", flush=True)
-    rows: List[Row] = []
+    rows: list[Row] = []
     began = time.monotonic()
     for name in names:
         started = time.monotonic()

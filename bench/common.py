@@ -18,7 +18,8 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,8 +46,8 @@ class Row:
     target: str
     measured: str
     baseline: str
-    ok: Optional[bool]  # None: not judged (no target, or the benchmark could not run)
-    notes: List[str] = field(default_factory=list)
+    ok: bool | None  # None: not judged (no target, or the benchmark could not run)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -67,10 +68,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Optional[T]], timeout: float, what: str, interval: float = 0.02) -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
     """Poll `predicate` until it returns something truthy; raise BenchError at the deadline."""
     deadline = time.monotonic() + timeout
-    last: Optional[BaseException] = None
+    last: BaseException | None = None
     while True:
         try:
             result = predicate()
@@ -96,10 +97,10 @@ class Processes:
 
     def __init__(self, label: str) -> None:
         self.workdir = tempfile.mkdtemp(prefix=f"rctmon-bench-{label}-")
-        self._procs: List["subprocess.Popen[bytes]"] = []
-        self.named: Dict[str, "subprocess.Popen[bytes]"] = {}  # by log name without .log: simulator, daemon, ...
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}  # by log name without .log: simulator, daemon, ...
 
-    def __enter__(self) -> "Processes":
+    def __enter__(self) -> Processes:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -109,8 +110,8 @@ class Processes:
     def path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
 
-    def start(self, argv: Sequence[str], log_name: str, env: Optional[Mapping[str, str]] = None
-              ) -> "subprocess.Popen[bytes]":
+    def start(self, argv: Sequence[str], log_name: str, env: Mapping[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
         with open(self.path(log_name), "ab") as log:
             proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True)
@@ -125,7 +126,7 @@ class Processes:
         except OSError:
             return ""
 
-    def stop(self, proc: "subprocess.Popen[bytes]", grace: float = 8.0) -> None:
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 8.0) -> None:
         """SIGTERM the process group, wait up to `grace` seconds, then SIGKILL the group."""
         if proc.poll() is None:
             _signal_group(proc, signal.SIGTERM)
@@ -146,7 +147,7 @@ class Processes:
         self._procs.clear()
 
 
-def _signal_group(proc: "subprocess.Popen[bytes]", signum: int) -> None:
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
     try:
         os.killpg(proc.pid, signum)  # start_new_session: the group id is the leader's pid
     except (ProcessLookupError, PermissionError):
@@ -163,7 +164,7 @@ def exit_on_signals() -> None:
         signal.signal(signum, leave)
 
 
-def rctmon(*args: str) -> List[str]:
+def rctmon(*args: str) -> list[str]:
     return [PYTHON, "-m", "rctmon.cli", *args]
 
 
@@ -174,7 +175,7 @@ def rctmon(*args: str) -> List[str]:
 SIMULATOR = SimulatorOptions(generators=2, battery_modules=3, power_switch=True)
 
 
-def start_simulator(procs: Processes, latency_ms: float = 60.0, drop_rate: float = 0.0, seed: Optional[int] = None,
+def start_simulator(procs: Processes, latency_ms: float = 60.0, drop_rate: float = 0.0, seed: int | None = None,
                     log_name: str = "simulator.log") -> int:
     """Start `rctmon simulator` with the benchmark inventory; return its port once it accepts connections."""
     port = free_port()
@@ -211,11 +212,11 @@ def start_victoria_metrics(procs: Processes) -> str:
     return url
 
 
-def daemon_config(device_port: int, metrics_port: int, influx_url: Optional[str] = None,
-                  spool_path: str = "", device: Optional[Dict[str, Any]] = None,
-                  exposition: bool = True) -> Dict[str, Any]:
+def daemon_config(device_port: int, metrics_port: int, influx_url: str | None = None,
+                  spool_path: str = "", device: dict[str, Any] | None = None,
+                  exposition: bool = True) -> dict[str, Any]:
     """Return a daemon configuration (as YAML data) for the benchmark: loopback only, logs at WARNING."""
-    config: Dict[str, Any] = {
+    config: dict[str, Any] = {
         "device": {"host": HOST, "port": device_port, **(device or {})},
         "prometheus": {"enable": True, "exposition": exposition, "bind_address": HOST, "bind_port": metrics_port},
         "influxdb": {"enable": False},
@@ -238,7 +239,7 @@ def daemon_config(device_port: int, metrics_port: int, influx_url: Optional[str]
 class Daemon:
     """A running `rctmon daemon` and where to reach it."""
 
-    proc: "subprocess.Popen[bytes]"
+    proc: subprocess.Popen[bytes]
     metrics_port: int
     started_at: float  # time.monotonic() just before the process was created
 
@@ -247,7 +248,7 @@ class Daemon:
         return self.proc.pid
 
 
-def start_daemon(procs: Processes, config: Mapping[str, Any], env: Optional[Mapping[str, str]] = None,
+def start_daemon(procs: Processes, config: Mapping[str, Any], env: Mapping[str, str] | None = None,
                  name: str = "daemon") -> Daemon:
     """Write the configuration and start `rctmon -c FILE daemon`; return at once (it is not waited for)."""
     path = procs.path(f"{name}.yml")
@@ -260,8 +261,8 @@ def start_daemon(procs: Processes, config: Mapping[str, Any], env: Optional[Mapp
 
 # --- scraping ------------------------------------------------------------------------------------------------------
 
-Labels = FrozenSet[Tuple[str, str]]
-Samples = Dict[Tuple[str, Labels], float]
+Labels = frozenset[tuple[str, str]]
+Samples = dict[tuple[str, Labels], float]
 
 
 def fetch_metrics(port: int, timeout: float = 2.0) -> str:
@@ -289,7 +290,7 @@ def scrape(port: int, timeout: float = 2.0) -> Samples:
     return parse_samples(fetch_metrics(port, timeout))
 
 
-def value(samples: Samples, name: str, **labels: str) -> Optional[float]:
+def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
@@ -297,12 +298,12 @@ class Completeness:
     """Which catalog series the simulator's inventory enables, and whether an exposition carries all of them."""
 
     def __init__(self, options: SimulatorOptions = SIMULATOR) -> None:
-        self.series: Tuple[Series, ...] = enabled_series(options.inventory())
+        self.series: tuple[Series, ...] = enabled_series(options.inventory())
         self.families = frozenset(s.metric for s in self.series)
 
-    def missing(self, samples: Samples) -> List[Series]:
+    def missing(self, samples: Samples) -> list[Series]:
         """Return the enabled series with no sample (info series: no sample carrying their field as a label)."""
-        by_name: Dict[str, List[Labels]] = {}
+        by_name: dict[str, list[Labels]] = {}
         for name, labels in samples:
             by_name.setdefault(name, []).append(labels)
         missing = []
@@ -321,9 +322,9 @@ class Completeness:
 # --- memory and CPU of a process tree --------------------------------------------------------------------------
 
 
-def children_of(pid: int) -> List[int]:
+def children_of(pid: int) -> list[int]:
     """Return the pids of `pid`'s descendants (children first, then theirs)."""
-    parents: Dict[int, List[int]] = {}
+    parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -352,9 +353,9 @@ def process_name(pid: int) -> str:
     return first[len("rctmon: "):] if first.startswith("rctmon: ") else os.path.basename(first)
 
 
-def smaps_rollup(pid: int) -> Dict[str, int]:
+def smaps_rollup(pid: int) -> dict[str, int]:
     """Return the fields of /proc/PID/smaps_rollup in bytes (Rss, Pss, Pss_Anon, Anonymous, ...)."""
-    fields: Dict[str, int] = {}
+    fields: dict[str, int] = {}
     with open(f"/proc/{pid}/smaps_rollup") as rollup:
         for line in rollup:
             parts = line.split()
@@ -370,7 +371,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def tree_cpu(pids: Iterable[int]) -> Dict[int, float]:
+def tree_cpu(pids: Iterable[int]) -> dict[int, float]:
     return {pid: cpu_seconds(pid) for pid in pids}
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Dict, List, Optional
 
 from bench.common import (BenchError, Completeness, Processes, Row, children_of, process_name, scrape, tree_cpu,
                           value)
@@ -45,7 +44,7 @@ def _readings(port: int) -> float:
     return got
 
 
-def measure(marginal_ms: Optional[float] = None) -> Row:
+def measure(marginal_ms: float | None = None) -> Row:
     """Run the steady-state window; `marginal_ms` (from bench/headroom.py) is shown as the baseline."""
     with Processes("cpu") as procs:
         daemon, _ = start_full_daemon(procs)
@@ -73,7 +72,7 @@ def measure(marginal_ms: Optional[float] = None) -> Row:
     readings = readings1 - readings0
     tiers = [s.tier for s in Completeness().series]
     expected = FAST_POLLS * tiers.count(Tier.FAST) + MEDIUM_POLLS * tiers.count(Tier.MEDIUM)
-    used: Dict[str, float] = {names[pid]: cpu1[pid] - cpu0[pid] for pid in pids}
+    used: dict[str, float] = {names[pid]: cpu1[pid] - cpu0[pid] for pid in pids}
     total = sum(used.values())
     if readings <= 0:
         raise BenchError("no readings during the window")
@@ -93,7 +92,7 @@ def measure(marginal_ms: Optional[float] = None) -> Row:
                baseline, per_reading_ms <= TARGET_MS, notes)
 
 
-def run(marginal_ms: Optional[float] = None) -> List[Row]:
+def run(marginal_ms: float | None = None) -> list[Row]:
     return [measure(marginal_ms)]
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 from bench.common import (BenchError, Processes, Row, Samples, children_of, daemon_config, free_port, process_name,
                           scrape, start_daemon, start_simulator, start_victoria_metrics, tree_cpu, value, wait_for)
@@ -40,15 +39,15 @@ TARGET = 2000.0
 class Steps:
     """Where a counter on /metrics changed: (time, new value)."""
 
-    points: List[Tuple[float, float]] = field(default_factory=list)
+    points: list[tuple[float, float]] = field(default_factory=list)
 
-    def add(self, when: float, got: Optional[float]) -> None:
+    def add(self, when: float, got: float | None) -> None:
         if got is None:
             return
         if not self.points or got != self.points[-1][1]:
             self.points.append((when, got))
 
-    def rate(self) -> Optional[float]:
+    def rate(self) -> float | None:
         if len(self.points) < 3:  # the first entry is the value at the start, not a step
             return None
         (t0, v0), (t1, v1) = self.points[1], self.points[-1]
@@ -57,15 +56,15 @@ class Steps:
 
 @dataclass
 class Throughput:
-    readings: Optional[float]  # per second, collector
-    written: Optional[float]  # per second, influxdb points accepted (None: influxdb disabled)
+    readings: float | None  # per second, collector
+    written: float | None  # per second, influxdb points accepted (None: influxdb disabled)
     dropped: float  # readings dropped from the supervisor's backlogs during the window
     spool_start: float
     spool_end: float
-    cpu: Dict[str, float]  # share of one core per process during the window
+    cpu: dict[str, float]  # share of one core per process during the window
 
     @property
-    def through(self) -> Optional[float]:
+    def through(self) -> float | None:
         """Return the rate at the end of the longest path: the lower of the two, or None if one did not move."""
         if self.readings is None:
             return None
@@ -114,7 +113,7 @@ def measure(label: str, influx: bool, latency_ms: float = 0.0) -> Throughput:
         cpu={names[pid]: (cpu1[pid] - cpu0[pid]) / elapsed for pid in pids})
 
 
-def cpu_ms_per_reading(result: Throughput) -> Optional[float]:
+def cpu_ms_per_reading(result: Throughput) -> float | None:
     """Return CPU milliseconds per reading over rctmon's processes (the simulator is not rctmon)."""
     if not result.readings:
         return None
@@ -130,7 +129,7 @@ def _describe(result: Throughput) -> str:
             + ", ".join(f"{name} {share * 100:.0f}%" for name, share in result.cpu.items()))
 
 
-def run() -> Tuple[List[Row], Optional[float]]:
+def run() -> tuple[list[Row], float | None]:
     """Return the row and the CPU per reading at full speed (the CPU benchmark's baseline)."""
     both = measure("headroom", influx=True)
     alone = measure("headroom-prom", influx=False)

@@ -31,7 +31,6 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _path in (_REPO, os.path.join(_REPO, "tests")):  # run as a script too; vmserver lives beside the tests
@@ -51,14 +50,14 @@ from vmserver import VictoriaMetrics  # noqa: E402
 INVERTER = "bench"
 
 
-def make_readings(count: int, start_ns: int, first: int = 0) -> List[Reading]:
+def make_readings(count: int, start_ns: int, first: int = 0) -> list[Reading]:
     """Return `count` readings over the exported catalog series, 1 ms apart (victoria-metrics keeps ms)."""
     series = [s for s in SERIES if s.object_id in EXPORTED_IDS and s.data_type.name == "FLOAT"]
     return [(series[i % len(series)].object_id, float(i % 5000) * 0.5, start_ns + i * 1_000_000)
             for i in range(first, first + count)]
 
 
-def fill(path: str, points: int) -> Tuple[int, float]:
+def fill(path: str, points: int) -> tuple[int, float]:
     """Fill a spool with `points` lines; return (last id, seconds it took)."""
     encoder = LineEncoder(INVERTER)
     start_ns = (time.time_ns() // 1_000_000 - points - 3_600_000) * 1_000_000  # in the past, before live readings
@@ -81,7 +80,7 @@ def _child(config: Config, channel: Channel, parent_fd: int) -> None:
     influxdb.run(config, channel)
 
 
-def _oldest(conn: sqlite3.Connection) -> Optional[int]:
+def _oldest(conn: sqlite3.Connection) -> int | None:
     row = conn.execute("SELECT min(id) FROM points").fetchone()
     return row[0] if row else None
 
@@ -108,7 +107,7 @@ def drain(server: VictoriaMetrics, path: str, points: int, last_id: int, rate: f
     process = multiprocessing.get_context("fork").Process(target=_child, args=(config, theirs, ours.fileno()))
     reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     seq, max_lag, live = 0, 0.0, 0
-    sent_at: Dict[int, float] = {}
+    sent_at: dict[int, float] = {}
     live_ns = time.time_ns() - 600_000_000_000
     began = time.monotonic()  # the clock includes the child's start: imports, opening the spool
     process.start()
@@ -135,8 +134,8 @@ def drain(server: VictoriaMetrics, path: str, points: int, last_id: int, rate: f
                 next_check = now + 0.02
             try:
                 messages = ours.wait(max(0.0, min(next_batch if rate else next_check, next_check) - now))
-            except ChannelClosed:
-                raise SystemExit("the exporter child died")
+            except ChannelClosed as exc:
+                raise SystemExit("the exporter child died") from exc
             for message in messages:
                 if isinstance(message, Ack):
                     for done in [s for s in sent_at if s <= message.seq]:
@@ -162,7 +161,7 @@ def stored_samples(server: VictoriaMetrics) -> int:
     return int(float(result[0]["value"][1])) if result else 0
 
 
-def run_once(points: int, rate: float, batch_size: int) -> Tuple[Result, float, int]:
+def run_once(points: int, rate: float, batch_size: int) -> tuple[Result, float, int]:
     workdir = tempfile.mkdtemp(prefix="rctmon-bench-influx-")
     server = VictoriaMetrics(data_dir=os.path.join(workdir, "vm"))
     try:
@@ -197,7 +196,7 @@ def machine() -> str:
             f"victoria-metrics {version or '?'}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=1_000_000, help="backlog size (default 1,000,000)")
     parser.add_argument("--rate", type=float, default=2000.0, help="live readings per second in run 2")

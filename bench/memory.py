@@ -18,7 +18,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
 
 from bench.common import (BenchError, Completeness, Daemon, Processes, Row, children_of, daemon_config, free_port,
                           mib, process_name, scrape, smaps_rollup, start_daemon, start_simulator,
@@ -31,7 +30,7 @@ OLDER_PROGRAM_RSS = 56 * 2 ** 20  # the older single-process program, as the iss
 
 @dataclass
 class TreeMemory:
-    per_process: List[Tuple[str, int, Dict[str, int]]]  # (role, pid, smaps_rollup fields in bytes)
+    per_process: list[tuple[str, int, dict[str, int]]]  # (role, pid, smaps_rollup fields in bytes)
 
     def total(self, key: str) -> int:
         return sum(fields.get(key, 0) for _, _, fields in self.per_process)
@@ -56,7 +55,7 @@ def tree_memory(pid: int) -> TreeMemory:
     return TreeMemory(rows)
 
 
-def start_full_daemon(procs: Processes) -> Tuple[Daemon, str]:
+def start_full_daemon(procs: Processes) -> tuple[Daemon, str]:
     """Start simulator, victoria-metrics and the daemon (prometheus with exposition, influxdb); wait until complete.
 
     Return the daemon and the victoria-metrics URL.
@@ -79,7 +78,7 @@ def start_full_daemon(procs: Processes) -> Tuple[Daemon, str]:
     return daemon, vm_url
 
 
-def run() -> List[Row]:
+def run() -> list[Row]:
     with Processes("memory") as procs:
         daemon, _ = start_full_daemon(procs)
         time.sleep(SETTLE)

@@ -25,7 +25,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional
 
 from bench.common import (HOST, PYTHON, BenchError, Completeness, Processes, Row, accepts, daemon_config,
                           fetch_metrics, free_port, percentile, scrape, start_daemon, start_simulator, wait_for)
@@ -56,7 +55,7 @@ while True:
 
 @dataclass
 class Latencies:
-    seconds: List[float]
+    seconds: list[float]
     errors: int
     rounds: int
     body_bytes: int
@@ -75,7 +74,7 @@ class Latencies:
 class _Exchange:
     """One GET /metrics on a non-blocking socket: connect (unless kept), send, read the whole answer."""
 
-    def __init__(self, port: int, sock: Optional[socket.socket]) -> None:
+    def __init__(self, port: int, sock: socket.socket | None) -> None:
         self.began = time.perf_counter()
         self.kept = sock is not None
         if sock is None:
@@ -87,8 +86,8 @@ class _Exchange:
         self.out = REQUEST
         self.data = bytearray()
         self.body_at = -1
-        self.length: Optional[int] = None
-        self.done: Optional[float] = None
+        self.length: int | None = None
+        self.done: float | None = None
         self.size = 0
 
     def writable(self) -> None:
@@ -133,10 +132,10 @@ def hammer(port: int, keep_alive: bool, rounds: int = ROUNDS, scrapers: int = SC
     One thread and non-blocking sockets: the client adds only the time to handle the events before a given
     answer's, never a GIL hand-over (20 client threads in one interpreter add ~10 ms at p99 by themselves).
     """
-    seconds: List[float] = []
-    sizes: List[int] = []
+    seconds: list[float] = []
+    sizes: list[int] = []
     errors = 0
-    kept: List[Optional[socket.socket]] = [None] * scrapers
+    kept: list[socket.socket | None] = [None] * scrapers
     deadline = time.monotonic() + bound
     done_rounds = 0
     selector = selectors.DefaultSelector()
@@ -195,7 +194,7 @@ def _registered(selector: selectors.BaseSelector, sock: socket.socket) -> bool:
         return False
 
 
-def run() -> List[Row]:
+def run() -> list[Row]:
     with Processes("scrape") as procs:
         sim_port = start_simulator(procs, latency_ms=60.0)
         daemon = start_daemon(procs, daemon_config(sim_port, free_port()))

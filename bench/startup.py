@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from bench.common import (BenchError, Completeness, Processes, Row, daemon_config, free_port, rctmon, scrape,
                           start_daemon, start_simulator)
@@ -31,11 +31,11 @@ DROP_TIMEOUT = 15.0  # 1.5 times the target: tells a near miss from a stall, bou
 
 @dataclass
 class StartupRun:
-    ready: Optional[float] = None  # seconds from process start to READY=1
-    first_scrape: Optional[float] = None  # to the first answer on /metrics
-    complete: Optional[float] = None  # to every enabled series on /metrics
-    missing: List[str] = field(default_factory=list)  # series still missing at the deadline
-    notes: List[str] = field(default_factory=list)
+    ready: float | None = None  # seconds from process start to READY=1
+    first_scrape: float | None = None  # to the first answer on /metrics
+    complete: float | None = None  # to every enabled series on /metrics
+    missing: list[str] = field(default_factory=list)  # series still missing at the deadline
+    notes: list[str] = field(default_factory=list)
 
 
 def _notify_socket(path: str) -> socket.socket:
@@ -45,8 +45,8 @@ def _notify_socket(path: str) -> socket.socket:
     return sock
 
 
-def startup_run(label: str, latency_ms: float = LATENCY_MS, drop_rate: float = 0.0, seed: Optional[int] = None,
-                device: Optional[Dict[str, Any]] = None, timeout: float = COMPLETE_TIMEOUT) -> StartupRun:
+def startup_run(label: str, latency_ms: float = LATENCY_MS, drop_rate: float = 0.0, seed: int | None = None,
+                device: dict[str, Any] | None = None, timeout: float = COMPLETE_TIMEOUT) -> StartupRun:
     """Start a simulator and the daemon; time READY=1 and the first complete exposition."""
     completeness = Completeness()
     result = StartupRun()
@@ -106,13 +106,13 @@ def _cli_start_time() -> float:
     return time.monotonic() - began
 
 
-def _fmt(seconds: Optional[float], timeout: float) -> str:
+def _fmt(seconds: float | None, timeout: float) -> str:
     return f"{seconds:.2f} s" if seconds is not None else f"> {timeout:g} s"
 
 
-def run() -> List[Row]:
+def run() -> list[Row]:
     """Run the startup benchmarks; return the table rows (complete, with drops, readiness)."""
-    rows: List[Row] = []
+    rows: list[Row] = []
     pipelined = [startup_run(f"startup{i}") for i in range(RUNS)]
     one = startup_run("startup-one", device={"max_in_flight": 1})
     times = [r.complete for r in pipelined]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Dict, Iterator, Mapping, Optional, Tuple
+from collections.abc import Iterator, Mapping
 
 from rctclient.registry import REGISTRY
 from rctclient.types import DataType
@@ -52,9 +52,9 @@ class Axis:
     """A dimension a row is expanded over: the index in the object name and the label value for each."""
 
     label: str
-    values: Tuple[str, ...]
+    values: tuple[str, ...]
 
-    def indexed(self) -> Iterator[Tuple[int, str]]:
+    def indexed(self) -> Iterator[tuple[int, str]]:
         return iter(enumerate(self.values))
 
 
@@ -81,7 +81,7 @@ class DisplayUnit:
 
     symbol: str
     factor: float  # multiply the base-unit value by this
-    device_class: Optional[str]  # Home Assistant sensor device class
+    device_class: str | None  # Home Assistant sensor device class
     state_class: str  # Home Assistant state class of a gauge in this unit (counters are always total_increasing)
     precision: int  # decimals worth showing
 
@@ -114,24 +114,24 @@ class Row:
     measurement: str  # InfluxDB measurement
     field: str  # InfluxDB field (for INFO rows also the label name in Prometheus)
     needs: Needs = Needs.ALWAYS
-    axis: Optional[Axis] = None
-    labels: Tuple[Tuple[str, str], ...] = ()  # fixed labels (and InfluxDB tags), e.g. (("sensor", "core"),)
+    axis: Axis | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # fixed labels (and InfluxDB tags), e.g. (("sensor", "core"),)
     scale: float = 1.0  # multiply the raw value into the base unit
     magnitude: bool = False  # report abs(value): the inverter counts grid feed-in as negative energy
 
     @property
-    def display_unit(self) -> Optional[DisplayUnit]:
+    def display_unit(self) -> DisplayUnit | None:
         """Return how this row's values are shown to people, or None for plain numbers, states and strings."""
         base = self.metric[: -len("_total")] if self.metric.endswith("_total") else self.metric
         return DISPLAY_UNITS.get(base.rsplit("_", 1)[-1])
 
     @property
-    def device_class(self) -> Optional[str]:
+    def device_class(self) -> str | None:
         unit = self.display_unit
         return DEVICE_CLASS_OVERRIDES.get(self.metric, unit.device_class if unit else None)
 
     @property
-    def state_class(self) -> Optional[str]:
+    def state_class(self) -> str | None:
         """Return measurement, total_increasing, or None where statistics make no sense (states, strings)."""
         if self.kind is Kind.COUNTER:
             return "total_increasing"
@@ -147,8 +147,8 @@ class Series:
     object_name: str
     data_type: DataType
     row: Row
-    labels: Tuple[Tuple[str, str], ...]  # axis label (if any) and fixed labels, also the InfluxDB tags
-    index: Optional[int]
+    labels: tuple[tuple[str, str], ...]  # axis label (if any) and fixed labels, also the InfluxDB tags
+    index: int | None
 
     @property
     def metric(self) -> str:
@@ -202,7 +202,7 @@ MOD = dict(needs=Needs.BATTERY, axis=MODULE)
 PS = dict(needs=Needs.POWER_SWITCH, axis=PHASE)
 
 # fmt: off
-ROWS: Tuple[Row, ...] = (
+ROWS: tuple[Row, ...] = (
     # --- the inverter itself -------------------------------------------------------------------------------------
     _r("android_description", "rctmon_inverter_info", "Inverter identity; value always 1", I, STATIC, "inverter", "name"),
     _r("inverter_sn", "rctmon_inverter_info", "Inverter identity; value always 1", I, STATIC, "inverter", "serial"),
@@ -304,9 +304,9 @@ def _expand(row: Row) -> Iterator[Series]:
         yield Series(info.object_id, name, info.response_data_type, row, labels + row.labels, index)
 
 
-def _build() -> Tuple[Series, ...]:
+def _build() -> tuple[Series, ...]:
     series = tuple(s for row in ROWS for s in _expand(row))
-    seen: Dict[int, Series] = {}
+    seen: dict[int, Series] = {}
     for s in series:
         if s.object_id in seen:
             raise ValueError(f"catalog: {s.object_name} is declared twice")
@@ -314,19 +314,19 @@ def _build() -> Tuple[Series, ...]:
     return series
 
 
-SERIES: Tuple[Series, ...] = _build()
+SERIES: tuple[Series, ...] = _build()
 SERIES_BY_ID: Mapping[int, Series] = {s.object_id: s for s in SERIES}
 SERIES_BY_NAME: Mapping[str, Series] = {s.object_name: s for s in SERIES}
 
 
-def enabled_series(inventory: Inventory) -> Tuple[Series, ...]:
+def enabled_series(inventory: Inventory) -> tuple[Series, ...]:
     """Return the series an inverter with this inventory has, in catalog order."""
     return tuple(s for s in SERIES if s.enabled(inventory))
 
 
-def metric_families() -> Dict[str, Tuple[Row, ...]]:
+def metric_families() -> dict[str, tuple[Row, ...]]:
     """Return the catalog rows grouped by Prometheus metric name, in catalog order."""
-    families: Dict[str, Tuple[Row, ...]] = {}
+    families: dict[str, tuple[Row, ...]] = {}
     for row in ROWS:
         families[row.metric] = families.get(row.metric, ()) + (row,)
     return families

@@ -16,7 +16,6 @@ import pickle
 import select
 import socket
 import struct
-from typing import List, Optional, Tuple
 
 _LENGTH = struct.Struct(">I")
 _READ_CHUNK = 1 << 18
@@ -39,7 +38,7 @@ class Channel:
         self.closed = False
 
     @classmethod
-    def pair(cls, max_pending: int = DEFAULT_MAX_PENDING) -> Tuple["Channel", "Channel"]:
+    def pair(cls, max_pending: int = DEFAULT_MAX_PENDING) -> tuple[Channel, Channel]:
         """Return two connected ends: (supervisor side, child side)."""
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         return cls(a, max_pending), cls(b, max_pending)
@@ -77,7 +76,7 @@ class Channel:
                 raise
             del self._out[:sent]
 
-    def receive(self) -> List[object]:
+    def receive(self) -> list[object]:
         """Return every complete message that has arrived, without waiting; raise ChannelClosed at EOF."""
         eof = False
         while True:
@@ -102,8 +101,8 @@ class Channel:
             raise ChannelClosed("peer closed the channel")
         return messages
 
-    def _parse(self) -> List[object]:
-        messages: List[object] = []
+    def _parse(self) -> list[object]:
+        messages: list[object] = []
         buf, pos = self._in, 0
         while len(buf) - pos >= _LENGTH.size:
             (length,) = _LENGTH.unpack_from(buf, pos)
@@ -116,7 +115,7 @@ class Channel:
             del buf[:pos]
         return messages
 
-    def wait(self, timeout: Optional[float]) -> List[object]:
+    def wait(self, timeout: float | None) -> list[object]:
         """Flush, then wait up to `timeout` seconds for messages and return them (for simple child loops)."""
         self.flush()
         writers = [self._sock] if self._out else []

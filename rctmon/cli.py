@@ -9,7 +9,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable
 
 from rctmon import __version__
 from rctmon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dump, load
@@ -52,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
     return run_demo(config, port=args.port, debug=args.debug)
 
 
-COMMANDS: Dict[str, Callable[[argparse.Namespace, Config], int]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "daemon": _cmd_daemon,
     "check-config": _cmd_check_config,
     "inventory": _cmd_inventory,
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = args.config
     if path is None and args.command not in NO_CONFIG_NEEDED:

@@ -15,7 +15,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
+from collections.abc import Mapping
 
 import yaml
 
@@ -27,7 +28,7 @@ class ConfigError(Exception):
     """The configuration is invalid; the message lists every problem, one per line."""
 
 
-DEFAULT_LOGGING: Dict[str, Any] = {
+DEFAULT_LOGGING: dict[str, Any] = {
     "version": 1,
     "formatters": {"simple": {"format": "%(asctime)s - %(name)s - %(levelname)s - %(message)s"}},
     "handlers": {
@@ -123,13 +124,13 @@ class Config:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     influxdb: InfluxDBConfig = field(default_factory=InfluxDBConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
-    logging: Dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_LOGGING))
+    logging: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_LOGGING))
     #: Problems worth a warning that do not stop rctmon (not a configuration key).
-    warnings: List[str] = field(default_factory=list, compare=False)
+    warnings: list[str] = field(default_factory=list, compare=False)
 
 
 #: (dotted key, environment variable, file key): where each secret may come from besides the YAML.
-SECRETS: Tuple[Tuple[str, str, str], ...] = (
+SECRETS: tuple[tuple[str, str, str], ...] = (
     ("influxdb.token", "RCTMON_INFLUXDB_TOKEN", "influxdb.token_file"),
     ("mqtt.password", "RCTMON_MQTT_PASSWORD", "mqtt.password_file"),
     ("prometheus.basic_auth_password", "RCTMON_PROMETHEUS_PASSWORD", "prometheus.basic_auth_password_file"),
@@ -143,7 +144,7 @@ def _type_name(value: Any) -> str:
         type(value), type(value).__name__)
 
 
-def _coerce(key: str, default: Any, value: Any, errors: List[str]) -> Any:
+def _coerce(key: str, default: Any, value: Any, errors: list[str]) -> Any:
     """Return `value` if it has the type of `default` (ints pass as floats), else record an error."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -162,7 +163,7 @@ def _coerce(key: str, default: Any, value: Any, errors: List[str]) -> Any:
     return value
 
 
-def _load_section(cls: type, prefix: str, data: Any, errors: List[str]) -> Any:
+def _load_section(cls: type, prefix: str, data: Any, errors: list[str]) -> Any:
     section = cls()
     if data is None:  # "sections may be empty"
         return section
@@ -184,7 +185,7 @@ def _load_section(cls: type, prefix: str, data: Any, errors: List[str]) -> Any:
     return section
 
 
-def _check_values(config: Config, errors: List[str]) -> None:
+def _check_values(config: Config, errors: list[str]) -> None:
     checks = (
         ("device.port", 1 <= config.device.port <= 65535, "must be a TCP port (1-65535)"),
         ("prometheus.bind_port", 1 <= config.prometheus.bind_port <= 65535, "must be a TCP port (1-65535)"),
@@ -226,7 +227,7 @@ def _set(config: Config, dotted: str, value: Any) -> None:
     setattr(obj, last, value)
 
 
-def _resolve_secrets(config: Config, environ: Mapping[str, str], errors: List[str]) -> None:
+def _resolve_secrets(config: Config, environ: Mapping[str, str], errors: list[str]) -> None:
     for key, env, file_key in SECRETS:
         path = _get(config, file_key)
         if path:
@@ -238,9 +239,9 @@ def _resolve_secrets(config: Config, environ: Mapping[str, str], errors: List[st
             _set(config, key, environ[env])
 
 
-def parse(data: Any, environ: Optional[Mapping[str, str]] = None) -> Config:
+def parse(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     """Validate parsed YAML and return the effective configuration; raise ConfigError listing every problem."""
-    errors: List[str] = []
+    errors: list[str] = []
     config = Config()
     if data is None:
         data = {}
@@ -265,7 +266,7 @@ def parse(data: Any, environ: Optional[Mapping[str, str]] = None) -> Config:
     return config
 
 
-def load(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
+def load(path: str, environ: Mapping[str, str] | None = None) -> Config:
     """Read, parse and validate a YAML file; raise ConfigError with a clear message on any problem."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -280,7 +281,7 @@ def load(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
     return config
 
 
-def _permission_warnings(path: str, data: Any) -> List[str]:
+def _permission_warnings(path: str, data: Any) -> list[str]:
     """Warn when a file that holds a secret can be read by users other than its owner and group."""
     holds_secret = any(
         isinstance(data, dict) and isinstance(data.get(key.split(".")[0]), dict)
@@ -297,7 +298,7 @@ def _permission_warnings(path: str, data: Any) -> List[str]:
     return []
 
 
-def masked(config: Config) -> Dict[str, Any]:
+def masked(config: Config) -> dict[str, Any]:
     """Return the configuration as plain data with every secret replaced by a mask."""
     data = dataclasses.asdict(config)
     data.pop("warnings", None)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Optional
 
 from rctmon.config import Config
 
@@ -23,7 +22,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_simulator(port: int) -> "subprocess.Popen[bytes]":
+def start_simulator(port: int) -> subprocess.Popen[bytes]:
     """Start `rctmon simulator` on loopback and wait until it accepts connections."""
     command = [sys.executable, "-m", "rctmon.cli", "simulator", "--host", "127.0.0.1", "--port", str(port),
                "--name", "rctmon demo", "--generators", "2", "--battery-modules", "3", "--latency-ms", "60"]
@@ -40,7 +39,7 @@ def start_simulator(port: int) -> "subprocess.Popen[bytes]":
     raise RuntimeError("the simulator did not start")
 
 
-def run_demo(config: Config, port: Optional[int] = None, debug: bool = False) -> int:
+def run_demo(config: Config, port: int | None = None, debug: bool = False) -> int:
     from rctmon.supervisor import run_daemon
 
     demo = copy.deepcopy(config)

@@ -7,14 +7,13 @@ alert rules, the Grafana dashboard and docs/metrics.md are checked against this 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
 
 
 @dataclass(frozen=True)
 class HealthMetric:
     name: str
     type: str  # gauge, counter, histogram, info
-    labels: Tuple[str, ...]
+    labels: tuple[str, ...]
     help: str
     #: Whose figures these are. An optional exporter's metrics ("influxdb", "mqtt") are exposed only while that
     #: exporter is enabled, so that a disabled exporter never looks like a broken one; all others always are.
@@ -23,7 +22,7 @@ class HealthMetric:
 
 PROCESSES = ("collector", "prometheus", "influxdb", "mqtt")
 
-HEALTH_METRICS: Tuple[HealthMetric, ...] = (
+HEALTH_METRICS: tuple[HealthMetric, ...] = (
     HealthMetric("rctmon_build_info", "gauge", ("version",), "rctmon version; value always 1", source="rctmon"),
     HealthMetric("rctmon_device_up", "gauge", (), "1 while the collector is connected to the inverter and it answers"),
     HealthMetric("rctmon_device_connects_total", "counter", (), "TCP connections opened to the inverter"),

@@ -8,18 +8,18 @@ data, sent to every exporter, so the exporters need not know how it was found.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Tuple
+from collections.abc import Mapping
 
 NAME_OBJECT = "android_description"
-IDENTITY_OBJECTS: Tuple[str, ...] = ("inverter_sn", "svnversion", "parameter_file")
-GENERATOR_OBJECTS: Tuple[str, ...] = ("dc_conv.dc_conv_struct[0].enabled", "dc_conv.dc_conv_struct[1].enabled")
-GENERATOR_NAMES: Tuple[str, ...] = ("a", "b")
+IDENTITY_OBJECTS: tuple[str, ...] = ("inverter_sn", "svnversion", "parameter_file")
+GENERATOR_OBJECTS: tuple[str, ...] = ("dc_conv.dc_conv_struct[0].enabled", "dc_conv.dc_conv_struct[1].enabled")
+GENERATOR_NAMES: tuple[str, ...] = ("a", "b")
 #: A battery stack (module) is present when its software version is non-zero; real inverters report 0 for the
 #: slots that are empty (shared fixtures: 3 of 7 non-zero).
-MODULE_OBJECTS: Tuple[str, ...] = tuple(f"battery.stack_software_version[{i}]" for i in range(7))
+MODULE_OBJECTS: tuple[str, ...] = tuple(f"battery.stack_software_version[{i}]" for i in range(7))
 POWER_SWITCH_OBJECT = "rb485.available"
-PRESENCE_OBJECTS: Tuple[str, ...] = GENERATOR_OBJECTS + MODULE_OBJECTS + (POWER_SWITCH_OBJECT,)
-ALL_OBJECTS: Tuple[str, ...] = (NAME_OBJECT,) + IDENTITY_OBJECTS + PRESENCE_OBJECTS
+PRESENCE_OBJECTS: tuple[str, ...] = GENERATOR_OBJECTS + MODULE_OBJECTS + (POWER_SWITCH_OBJECT,)
+ALL_OBJECTS: tuple[str, ...] = (NAME_OBJECT,) + IDENTITY_OBJECTS + PRESENCE_OBJECTS
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Inventory:
     serial: str = ""
     software_version: str = ""
     parameter_file: str = ""
-    generators: Tuple[str, ...] = ()  # "a", "b": the solar generators that are connected
+    generators: tuple[str, ...] = ()  # "a", "b": the solar generators that are connected
     battery_modules: int = 0  # 0: no battery
     power_switch: bool = False
     complete: bool = False  # every inventory object has answered
@@ -40,7 +40,7 @@ class Inventory:
         return self.battery_modules > 0
 
     @classmethod
-    def from_values(cls, values: Mapping[str, object]) -> "Inventory":
+    def from_values(cls, values: Mapping[str, object]) -> Inventory:
         """Build the inventory from the answers received so far, keyed by object name."""
         generators = tuple(g for g, obj in zip(GENERATOR_NAMES, GENERATOR_OBJECTS) if values.get(obj))
         modules = sum(1 for obj in MODULE_OBJECTS if values.get(obj))

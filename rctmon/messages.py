@@ -13,23 +13,23 @@ Flow (the supervisor is the hub; children never talk to each other):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Union
+from typing import Union
 
 from rctmon.inventory import Inventory
 
 Value = Union[float, int, bool, str]
 #: (object id, decoded value as the inverter sent it, epoch nanoseconds when the answer's frame arrived)
-Reading = Tuple[int, Value, int]
+Reading = tuple[int, Value, int]
 
 #: Upper bounds (seconds) of the response-time histogram the collector keeps; the exporter adds +Inf.
-RESPONSE_BUCKETS: Tuple[float, ...] = (0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+RESPONSE_BUCKETS: tuple[float, ...] = (0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
 
 @dataclass(frozen=True)
 class ReadingBatch:
     """The readings of one burst. `seq` is set by the supervisor and is what an exporter acknowledges."""
 
-    readings: Tuple[Reading, ...]
+    readings: tuple[Reading, ...]
     seq: int = 0
 
 
@@ -71,8 +71,8 @@ class CollectorStats:
     bytes_received: int = 0
     request_timeouts: int = 0
     readings: int = 0
-    decode_errors: Dict[str, int] = field(default_factory=dict)  # kind -> count
-    response_buckets: Tuple[int, ...] = (0,) * len(RESPONSE_BUCKETS)  # cumulative count per bucket bound
+    decode_errors: dict[str, int] = field(default_factory=dict)  # kind -> count
+    response_buckets: tuple[int, ...] = (0,) * len(RESPONSE_BUCKETS)  # cumulative count per bucket bound
     response_count: int = 0
     response_sum: float = 0.0
     inventory_complete: bool = False
@@ -84,7 +84,7 @@ class InfluxStats:
     """Cumulative counters of the influxdb exporter process since it started (the spool size is a gauge)."""
 
     points_written: int = 0
-    write_errors: Dict[str, int] = field(default_factory=dict)  # kind -> count
+    write_errors: dict[str, int] = field(default_factory=dict)  # kind -> count
     spool_points: int = 0
     points_dropped: int = 0
     last_write_timestamp: float = 0.0  # epoch seconds of the last accepted write; 0: none yet
@@ -110,7 +110,7 @@ class Heartbeat:
     pid: int
     rss_bytes: int
     cpu_seconds: float
-    stats: Optional[Union[CollectorStats, InfluxStats, MqttStats]] = None
+    stats: CollectorStats | InfluxStats | MqttStats | None = None
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,9 @@ class ProcessHealth:
 class Health:
     """The supervisor's view of every child, plus the latest counters each child reported."""
 
-    processes: Dict[str, ProcessHealth]
-    collector: Optional[CollectorStats] = None
-    influxdb: Optional[InfluxStats] = None
-    mqtt: Optional[MqttStats] = None
+    processes: dict[str, ProcessHealth]
+    collector: CollectorStats | None = None
+    influxdb: InfluxStats | None = None
+    mqtt: MqttStats | None = None
     device_up: bool = False
-    inventory: Optional[Inventory] = None
+    inventory: Inventory | None = None

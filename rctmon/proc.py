@@ -7,7 +7,6 @@ import ctypes.util
 import os
 import signal
 import time
-from typing import Tuple
 
 HEARTBEAT_INTERVAL = 5.0  # seconds between a child's heartbeats (the supervisor waits 20 s before it acts)
 _PR_SET_PDEATHSIG = 1
@@ -49,7 +48,7 @@ def become_child(role: str) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def resource_usage(pid: int = 0) -> Tuple[int, float]:
+def resource_usage(pid: int = 0) -> tuple[int, float]:
     """Return (resident bytes, CPU seconds) of a process, this one by default."""
     where = f"/proc/{pid}" if pid else "/proc/self"
     try:

@@ -36,7 +36,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable
 
 from rctclient.registry import REGISTRY
 from rctclient.types import Command
@@ -72,9 +72,9 @@ class SimulatorOptions:
     corrupt_rate: float = 0.0
     noise_rate: float = 0.0
     disconnect_every: float = 0.0
-    seed: Optional[int] = None
+    seed: int | None = None
 
-    def problems(self) -> List[str]:
+    def problems(self) -> list[str]:
         """Return what is wrong with these options, one message per problem (empty: all fine)."""
         problems = [f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}"
                     for name in ("drop_rate", "corrupt_rate", "noise_rate") if not 0.0 <= getattr(self, name) <= 1.0]
@@ -126,7 +126,7 @@ class SimulatorStats:
     garbage_bytes: int = 0  # bytes from clients that were not part of a frame
 
 
-_NAMES: Dict[int, str] = {info.object_id: info.name for info in REGISTRY.all()}
+_NAMES: dict[int, str] = {info.object_id: info.name for info in REGISTRY.all()}
 
 
 def _name(object_id: int) -> str:
@@ -136,17 +136,17 @@ def _name(object_id: int) -> str:
 class _Client(asyncio.Protocol):
     """One client connection: parses its requests, delays answers by the latency, closes on schedule."""
 
-    def __init__(self, simulator: "Simulator") -> None:
+    def __init__(self, simulator: Simulator) -> None:
         self._sim = simulator
         self._loop = asyncio.get_running_loop()
         self._parser = RequestParser()
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.closed = False
         self.last_frame = b""  # the latest answer, whose tail the "leftover bytes" noise repeats
-        self._pending: Deque[Tuple[float, bytes]] = collections.deque()  # (when due, bytes), in order
-        self._flush_timer: Optional[asyncio.TimerHandle] = None
-        self._disconnect_timer: Optional[asyncio.TimerHandle] = None
+        self._pending: collections.deque[tuple[float, bytes]] = collections.deque()  # (when due, bytes), in order
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._disconnect_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -228,7 +228,7 @@ class _Client(asyncio.Protocol):
                 timer.cancel()
         self._flush_timer = self._disconnect_timer = None
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timers()
         self._pending.clear()
@@ -248,7 +248,7 @@ class _Client(asyncio.Protocol):
 class Simulator:
     """An asyncio TCP server that behaves like an RCT Power inverter (see the module docstring)."""
 
-    def __init__(self, options: Optional[SimulatorOptions] = None) -> None:
+    def __init__(self, options: SimulatorOptions | None = None) -> None:
         self.options = options = options if options is not None else SimulatorOptions()
         problems = options.problems()
         if problems:
@@ -260,15 +260,15 @@ class Simulator:
         self._mirror = options.noise_rate > 0
         self._stats = SimulatorStats()
         self._lock = threading.Lock()  # guards the histories, which other threads read
-        self._sent: Dict[int, Deque[Any]] = {}
-        self._corrupted: Dict[int, Deque[Any]] = {}
-        self._clients: Set[_Client] = set()
-        self._server: Optional[asyncio.AbstractServer] = None
+        self._sent: dict[int, collections.deque[Any]] = {}
+        self._corrupted: dict[int, collections.deque[Any]] = {}
+        self._clients: set[_Client] = set()
+        self._server: asyncio.AbstractServer | None = None
         self._port = options.port
         #: Objects an unsolicited answer may be for: those the collector reads from an inverter like this one.
         self._unsolicited = tuple(s.object_id for s in enabled_series(options.inventory())
                                   if s.object_id in self._answers)
-        self._noise_kinds: Tuple[Callable[[_Client, Request], bytes], ...] = (
+        self._noise_kinds: tuple[Callable[[_Client, Request], bytes], ...] = (
             self._noise_unsolicited, self._noise_echo, self._noise_at, self._noise_extension,
             self._noise_leftover, self._noise_escaped_start)
 
@@ -320,21 +320,21 @@ class Simulator:
         """Return a copy of the counters."""
         return dataclasses.replace(self._stats)
 
-    def sent_values(self, object_id: Union[int, str]) -> List[Any]:
+    def sent_values(self, object_id: int | str) -> list[Any]:
         """Return every value sent intact for that object (id or name), oldest first (the last HISTORY)."""
         return self._history(self._sent, object_id)
 
-    def corrupted_values(self, object_id: Union[int, str]) -> List[Any]:
+    def corrupted_values(self, object_id: int | str) -> list[Any]:
         """Return the values of the answers for that object that went out with a corrupted byte."""
         return self._history(self._corrupted, object_id)
 
-    def _history(self, store: Dict[int, Deque[Any]], object_id: Union[int, str]) -> List[Any]:
+    def _history(self, store: dict[int, collections.deque[Any]], object_id: int | str) -> list[Any]:
         if isinstance(object_id, str):
             object_id = REGISTRY.get_by_name(object_id).object_id
         with self._lock:
             return list(store.get(object_id, ()))
 
-    def _record(self, store: Dict[int, Deque[Any]], object_id: int, value: Any) -> None:
+    def _record(self, store: dict[int, collections.deque[Any]], object_id: int, value: Any) -> None:
         with self._lock:
             values = store.get(object_id)
             if values is None:
@@ -343,8 +343,8 @@ class Simulator:
 
     # --- answering ----------------------------------------------------------------------------------------------
 
-    def _handle(self, client: _Client, requests: List[Request]) -> None:
-        out: List[bytes] = []
+    def _handle(self, client: _Client, requests: list[Request]) -> None:
+        out: list[bytes] = []
         for request in requests:
             if request.command == Command.READ:
                 self._read(client, request, out)
@@ -355,14 +355,14 @@ class Simulator:
         if out:
             client.send(b"".join(out))
 
-    def _answer(self, object_id: int) -> Optional[Tuple[bytes, Any]]:
+    def _answer(self, object_id: int) -> tuple[bytes, Any] | None:
         try:
             return self._answers.answer(object_id)
         except Exception:  # noqa: BLE001 - a bug in one value must not take the connection down
             log.exception("cannot compute the answer for %s", _name(object_id))
             return None
 
-    def _read(self, client: _Client, request: Request, out: List[bytes]) -> None:
+    def _read(self, client: _Client, request: Request, out: list[bytes]) -> None:
         stats, options, rng = self._stats, self.options, self._rng
         stats.requests += 1
         if options.drop_rate and rng.random() < options.drop_rate:
@@ -438,21 +438,21 @@ class Simulator:
 class SimulatorThread:
     """A Simulator on its own event loop in a daemon thread, for tests: `with SimulatorThread(opts) as sim: ...`."""
 
-    def __init__(self, options: Optional[SimulatorOptions] = None) -> None:
+    def __init__(self, options: SimulatorOptions | None = None) -> None:
         self.simulator = Simulator(options)
         self.options = self.simulator.options
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
 
-    def __enter__(self) -> "SimulatorThread":
+    def __enter__(self) -> SimulatorThread:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def start(self) -> "SimulatorThread":
+    def start(self) -> SimulatorThread:
         """Start the simulator and return once it listens (raise what stopped it from listening)."""
         self._thread = threading.Thread(target=self._run, name="rctmon-simulator", daemon=True)
         self._thread.start()
@@ -503,10 +503,10 @@ class SimulatorThread:
     def stats(self) -> SimulatorStats:
         return self.simulator.stats
 
-    def sent_values(self, object_id: Union[int, str]) -> List[Any]:
+    def sent_values(self, object_id: int | str) -> list[Any]:
         return self.simulator.sent_values(object_id)
 
-    def corrupted_values(self, object_id: Union[int, str]) -> List[Any]:
+    def corrupted_values(self, object_id: int | str) -> list[Any]:
         return self.simulator.corrupted_values(object_id)
 
 

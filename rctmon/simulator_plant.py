@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable
 
 DAY_SECONDS = 600.0
 START_HOUR = 8.0
@@ -32,7 +32,7 @@ SOC_MIN = 0.07
 EFFICIENCY = 0.97  # DC to AC, both ways
 PERIODS = ("day", "month", "year", "total")
 #: Counters as a long-running inverter shows them (Wh; month, year, total), taken from the shared fixtures' scale.
-ENERGY_BASES: Dict[str, Tuple[float, float, float]] = {
+ENERGY_BASES: dict[str, tuple[float, float, float]] = {
     "ac": (410_000.0, 2_300_000.0, 5_901_940.0),
     "dc0": (220_000.0, 1_250_000.0, 3_137_539.75),
     "dc1": (240_000.0, 1_400_000.0, 3_523_068.75),
@@ -41,7 +41,7 @@ ENERGY_BASES: Dict[str, Tuple[float, float, float]] = {
     "household": (350_000.0, 2_800_000.0, 7_210_942.0),
 }
 #: What each counter had reached by START_HOUR on the first simulated day (the night's consumption).
-ENERGY_MORNING: Dict[str, float] = {"ac": 150.0, "dc0": 90.0, "dc1": 60.0, "grid_feed": 0.0, "grid_load": 1900.0,
+ENERGY_MORNING: dict[str, float] = {"ac": 150.0, "dc0": 90.0, "dc1": 60.0, "grid_feed": 0.0, "grid_load": 1900.0,
                                     "household": 2400.0}
 
 
@@ -49,7 +49,7 @@ def sun(hour: float) -> float:
     """Return the clear-sky irradiance (0..1) at a simulated hour: up 06:00 to 20:00, highest at 13:00."""
     if not 6.0 < hour < 20.0:
         return 0.0
-    return math.sin(math.pi * (hour - 6.0) / 14.0) ** 1.3
+    return float(math.sin(math.pi * (hour - 6.0) / 14.0) ** 1.3)
 
 
 def wobble(t: float, *periods: float) -> float:
@@ -75,8 +75,8 @@ class Plant:
         self.day = 0
         self.soc = 0.45 if battery_modules else 0.0
         self.soh = 0.985 if battery_modules else 0.0
-        self.energy_since_start: Dict[str, float] = {key: 0.0 for key in ENERGY_BASES}
-        self.energy_today: Dict[str, float] = dict(ENERGY_MORNING)
+        self.energy_since_start: dict[str, float] = {key: 0.0 for key in ENERGY_BASES}
+        self.energy_today: dict[str, float] = dict(ENERGY_MORNING)
         self.charged_ah = 2100.0 * battery_modules
         self.discharged_ah = 2050.0 * battery_modules
         self.stored_wh = 420_000.0 * battery_modules
@@ -115,10 +115,10 @@ class Plant:
         t = self.elapsed
         clouds = 0.8 + 0.2 * wobble(t, 47.0, 113.0)
         irradiance = sun(self.hour) * clouds
-        self.generator_power: List[float] = [
+        self.generator_power: list[float] = [
             GENERATOR_PEAK_W[i] * irradiance * (1.0 + 0.03 * wobble(t, 7.0 + i)) if i < self.generators else 0.0
             for i in range(2)]
-        self.generator_voltage: List[float] = [
+        self.generator_voltage: list[float] = [
             (420.0 + 130.0 * math.sqrt(irradiance) - 40.0 * i if irradiance > 0 else 3.5) if i < self.generators
             else 0.0 for i in range(2)]
         pv = sum(self.generator_power)

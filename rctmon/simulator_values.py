@@ -22,7 +22,8 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, cast
+from collections.abc import Sequence
 
 from rctclient.registry import REGISTRY, ObjectInfo
 from rctclient.types import DataType
@@ -87,7 +88,7 @@ class Rule:
 
     pattern: str
     part: Part
-    value: Optional[ValueFn] = None
+    value: ValueFn | None = None
 
 
 def _attr(name: str) -> ValueFn:
@@ -110,7 +111,7 @@ def _generator_energy(period: str) -> ValueFn:
     return lambda inv, i: inv.plant.energy(f"dc{i}", period)
 
 
-def module_history(module: int) -> Tuple[Tuple[int, int, float], ...]:
+def module_history(module: int) -> tuple[tuple[int, int, float], ...]:
     """Return the extreme cell readings a battery module has recorded, as battery.cells_stat[i] carries them.
 
     One (cell index, epoch seconds, value) each for u_min, u_max, t_min, t_max; they differ a little per module so
@@ -131,13 +132,13 @@ def _cell_stat(stat: str, part: str) -> ValueFn:
     return lambda inv, i: module_history(i)[_STAT_FIELDS[stat]][_STAT_PARTS[part]]
 
 
-def _cells(inv: Inverter, i: int) -> Tuple[Tuple[int, int, int], ...]:
+def _cells(inv: Inverter, i: int) -> tuple[tuple[int, int, int], ...]:
     p = inv.plant
     return tuple((int(p.battery_temperature + (c % 5) * 0.3), int(p.cell_voltage * 1000) + (c * 7) % 13 - 6, 0)
                  for c in range(CELLS_PER_MODULE))
 
 
-def _timeseries(inv: Inverter, i: int) -> Tuple[int, Tuple[Tuple[int, float], ...]]:
+def _timeseries(inv: Inverter, i: int) -> tuple[int, tuple[tuple[int, float], ...]]:
     """Return a logger time series: the last 40 five-minute points (long enough to need a LONG_RESPONSE)."""
     now = int(time.time()) // 300 * 300
     return now, tuple((now - 300 * k, float(100 + 10 * (k % 7))) for k in range(40))
@@ -155,7 +156,7 @@ def _per_phase(pattern: str, attr: str, part: Part = Part.ALWAYS) -> Rule:
 A, G, B, M, PS = Part.ALWAYS, Part.GENERATOR, Part.BATTERY, Part.MODULE, Part.POWER_SWITCH
 
 # fmt: off
-RULES: Tuple[Rule, ...] = (
+RULES: tuple[Rule, ...] = (
     # identity and state
     Rule(r"android_description", A, lambda inv, i: inv.name),
     Rule(r"inverter_sn", A, lambda inv, i: inv.serial),
@@ -256,18 +257,18 @@ def _string(value: Any) -> bytes:
     return encode_value(DataType.STRING, str(value)).ljust(STRING_LENGTH, b"\x00")
 
 
-def _timeseries_payload(value: Tuple[int, Sequence[Tuple[int, float]]]) -> bytes:
+def _timeseries_payload(value: tuple[int, Sequence[tuple[int, float]]]) -> bytes:
     stamp, points = value
     return struct.pack(">I", stamp) + b"".join(struct.pack(">If", t, v) for t, v in points)
 
 
-def _event_table_payload(value: Tuple[int, Sequence[Tuple[int, int, int, int, int]]]) -> bytes:
+def _event_table_payload(value: tuple[int, Sequence[tuple[int, int, int, int, int]]]) -> bytes:
     stamp, entries = value
     return struct.pack(">I", stamp) + b"".join(struct.pack(">5I", *entry) for entry in entries)
 
 
 #: How a value of each response type becomes a payload (rctclient's encode_value where it knows the type).
-ENCODERS: Dict[DataType, Callable[[Any], bytes]] = {
+ENCODERS: dict[DataType, Callable[[Any], bytes]] = {
     DataType.BOOL: _simple(DataType.BOOL, bool),
     DataType.INT8: _simple(DataType.INT8, int),
     DataType.INT16: _simple(DataType.INT16, int),
@@ -286,7 +287,7 @@ ENCODERS: Dict[DataType, Callable[[Any], bytes]] = {
 }
 
 #: The value of an object whose part is absent.
-ZEROS: Dict[DataType, Any] = {
+ZEROS: dict[DataType, Any] = {
     DataType.BOOL: False, DataType.INT8: 0, DataType.INT16: 0, DataType.INT32: 0, DataType.UINT8: 0,
     DataType.ENUM: 0, DataType.UINT16: 0, DataType.UINT32: 0, DataType.FLOAT: 0.0, DataType.STRING: "",
     DataType.TIMESERIES: (0, ()), DataType.EVENT_TABLE: (0, ()),
@@ -294,7 +295,7 @@ ZEROS: Dict[DataType, Any] = {
     DataType.BATTERY_MODULE_STATUS: ((0, 0, 0),) * CELLS_PER_MODULE,
     DataType.BATTERY_MODULE_RESISTANCE: (0,) * CELLS_PER_MODULE,
 }
-_PYTHON_TYPES: Dict[DataType, type] = {DataType.BOOL: bool, DataType.FLOAT: float, DataType.STRING: str}
+_PYTHON_TYPES: dict[DataType, type] = {DataType.BOOL: bool, DataType.FLOAT: float, DataType.STRING: str}
 
 
 def registry_default(info: ObjectInfo) -> Any:
@@ -322,10 +323,10 @@ class Resolved:
 
 
 @functools.lru_cache(maxsize=1)
-def resolve_all() -> Dict[int, Resolved]:
+def resolve_all() -> dict[int, Resolved]:
     """Return the rule of every registry object the simulator answers, by object id."""
     compiled = [(re.compile(rule.pattern), rule) for rule in RULES]
-    resolved: Dict[int, Resolved] = {}
+    resolved: dict[int, Resolved] = {}
     for info in REGISTRY.all():
         if info.response_data_type not in ENCODERS:
             continue
@@ -344,7 +345,7 @@ class Answers:
 
     def __init__(self, inverter: Inverter) -> None:
         self.inverter = inverter
-        self._entries: Dict[int, Tuple[Callable[[Any], bytes], DataType, Optional[ValueFn], int, Any]] = {}
+        self._entries: dict[int, tuple[Callable[[Any], bytes], DataType, ValueFn | None, int, Any]] = {}
         for object_id, res in resolve_all().items():
             data_type = res.info.response_data_type
             encode = ENCODERS[data_type]
@@ -359,7 +360,7 @@ class Answers:
     def __contains__(self, object_id: int) -> bool:
         return object_id in self._entries
 
-    def answer(self, object_id: int) -> Optional[Tuple[bytes, Any]]:
+    def answer(self, object_id: int) -> tuple[bytes, Any] | None:
         """Return (payload, value as a client decodes it) for a READ of `object_id`; None: do not answer."""
         entry = self._entries.get(object_id)
         if entry is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import binascii
 import struct
-from typing import Dict, FrozenSet, List, NamedTuple, Optional
+from typing import NamedTuple
 
 from rctclient.exceptions import FrameCRCMismatch, FrameLengthExceeded, InvalidCommand
 from rctclient.frame import ReceiveFrame, make_frame
@@ -55,14 +55,14 @@ def response_frame(object_id: int, payload: bytes) -> bytes:
     return b"+" + escape(body + crc16(body).to_bytes(2, "big"))
 
 
-def _read_frames() -> Dict[bytes, int]:
+def _read_frames() -> dict[bytes, int]:
     return {make_frame(Command.READ, info.object_id): info.object_id for info in REGISTRY.all()}
 
 
 #: Every READ frame for a registry object, as clients send it, mapped to its object id.
-READ_FRAMES: Dict[bytes, int] = _read_frames()
+READ_FRAMES: dict[bytes, int] = _read_frames()
 #: The lengths those frames have (9 bytes, more when the id or checksum contains bytes that need escaping).
-_READ_LENGTHS: FrozenSet[int] = frozenset(len(frame) for frame in READ_FRAMES)
+_READ_LENGTHS: frozenset[int] = frozenset(len(frame) for frame in READ_FRAMES)
 _SORTED_READ_LENGTHS = tuple(sorted(_READ_LENGTHS))
 
 
@@ -87,11 +87,11 @@ class RequestParser:
         self.garbage_bytes = 0
         self.bad_frames = 0
 
-    def feed(self, data: bytes) -> List[Request]:
+    def feed(self, data: bytes) -> list[Request]:
         """Add received bytes and return every complete frame now in the buffer, in order."""
         buf = self._buf
         buf += data
-        requests: List[Request] = []
+        requests: list[Request] = []
         pos = 0
         size = len(buf)
         while pos < size:
@@ -115,7 +115,7 @@ class RequestParser:
         return requests
 
     @staticmethod
-    def _fast_read(buf: bytearray, start: int, size: int) -> Optional[Request]:
+    def _fast_read(buf: bytearray, start: int, size: int) -> Request | None:
         if start + 1 >= size or buf[start + 1] != Command.READ:
             return None
         for length in _SORTED_READ_LENGTHS:
@@ -127,7 +127,7 @@ class RequestParser:
                 return Request(Command.READ, object_id, b"", raw)
         return None
 
-    def _slow_frame(self, buf: bytearray, start: int, size: int, requests: List[Request]) -> Optional[int]:
+    def _slow_frame(self, buf: bytearray, start: int, size: int, requests: list[Request]) -> int | None:
         """Decode one frame at `start` with rctclient; return where the next search starts, None if incomplete."""
         frame = ReceiveFrame()
         try:

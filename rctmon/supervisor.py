@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from rctmon import config as config_module
 from rctmon.channel import Channel, ChannelClosed
@@ -87,7 +87,7 @@ class ChildSpec:
     wants_latest: bool = False
 
 
-CHILD_SPECS: Tuple[ChildSpec, ...] = (
+CHILD_SPECS: tuple[ChildSpec, ...] = (
     ChildSpec("collector", _run_collector, False, False, lambda c: True),
     ChildSpec("prometheus", _run_prometheus, True, False, lambda c: c.prometheus.enable, wants_latest=True),
     ChildSpec("influxdb", _run_influxdb, True, True, lambda c: c.influxdb.enable),
@@ -100,18 +100,18 @@ class Child:
     """One supervised child and everything the supervisor keeps for it across incarnations."""
 
     spec: ChildSpec
-    process: Optional[Any] = None  # multiprocessing Process of the current incarnation
-    channel: Optional[Channel] = None
+    process: Any | None = None  # multiprocessing Process of the current incarnation
+    channel: Channel | None = None
     started: bool = False  # the current incarnation sent Started
     stopping: bool = False  # asked to stop (shutdown or reload); its exit is not a failure
     planned_restart: bool = False  # the next start follows a reload, not a failure: not counted as a restart
     spawned_at: float = 0.0
     last_heard: float = 0.0
-    restart_at: Optional[float] = None
+    restart_at: float | None = None
     failures: int = 0  # consecutive failed incarnations, for the backoff
     restarts: int = 0
     dropped: int = 0  # readings dropped from the backlog
-    backlog: Deque[ReadingBatch] = field(default_factory=collections.deque)
+    backlog: collections.deque[ReadingBatch] = field(default_factory=collections.deque)
     backlog_readings: int = 0
     sent_upto: int = 0  # highest seq written to the current incarnation's channel
     rss_bytes: int = 0
@@ -130,8 +130,8 @@ class Child:
 class Supervisor:
     """Runs the daemon until SIGTERM or SIGINT; see the module docstring."""
 
-    def __init__(self, config: Config, config_path: Optional[str] = None,
-                 notifier: Optional[Notifier] = None, specs: Tuple[ChildSpec, ...] = CHILD_SPECS,
+    def __init__(self, config: Config, config_path: str | None = None,
+                 notifier: Notifier | None = None, specs: tuple[ChildSpec, ...] = CHILD_SPECS,
                  debug: bool = False, frame_debug: bool = False) -> None:
         self.config = config
         self.log_flags = (debug, frame_debug)
@@ -139,12 +139,12 @@ class Supervisor:
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.selector = selectors.DefaultSelector()
-        self.children: Dict[str, Child] = {}
-        self.listen_socket: Optional[socket.socket] = None
-        self.inventory: Optional[Inventory] = None
+        self.children: dict[str, Child] = {}
+        self.listen_socket: socket.socket | None = None
+        self.inventory: Inventory | None = None
         self.device: DeviceStatus = DeviceStatus(up=False, reason="starting")
         self.seq = 0
-        self.latest: Dict[int, Reading] = {}  # object id -> latest reading, for new latest-value exporters
+        self.latest: dict[int, Reading] = {}  # object id -> latest reading, for new latest-value exporters
         # Counted here rather than taken from the collector's heartbeat: current at once, and a collector restart
         # does not reset the counter.
         self.readings_routed = 0
@@ -153,8 +153,8 @@ class Supervisor:
         self._health_sent = 0.0
         self.ready_sent = False
         self.stopping = False
-        self.pending_signals: List[int] = []
-        self.readings_window: Deque[Tuple[float, int]] = collections.deque()
+        self.pending_signals: list[int] = []
+        self.readings_window: collections.deque[tuple[float, int]] = collections.deque()
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._timers = {"status": Every(STATUS_INTERVAL)}
         if self.notifier.watchdog_interval:
@@ -222,7 +222,7 @@ class Supervisor:
                 ours.send(ReadingBatch(tuple(self.latest.values()), seq=0))
             self._send_backlog(child)
 
-    def _fds_to_close_in_child(self, own: Channel, child: Child) -> List[int]:
+    def _fds_to_close_in_child(self, own: Channel, child: Child) -> list[int]:
         """Return the supervisor's descriptors a forked child must not keep (channels, sentinels, the port)."""
         fds = [self._wakeup_r, self._wakeup_w, own.fileno()]
         fds += [c.channel.fileno() for c in self.children.values() if c.channel and not c.channel.closed]
@@ -230,7 +230,7 @@ class Supervisor:
         if self.listen_socket is not None and child.name != "prometheus":
             fds.append(self.listen_socket.fileno())
         try:
-            fds.append(self.selector.fileno())  # type: ignore[attr-defined]
+            fds.append(self.selector.fileno())
         except (AttributeError, ValueError):
             pass
         return fds
@@ -473,7 +473,7 @@ class Supervisor:
             self.notifier.ready(self.status_line())
             log.info("ready")
 
-    _handlers: Dict[type, Callable[["Supervisor", Child, Any], None]] = {
+    _handlers: dict[type, Callable[[Supervisor, Child, Any], None]] = {
         ReadingBatch: _on_batch,
         Ack: _on_ack,
         Inventory: _on_inventory,
@@ -482,7 +482,7 @@ class Supervisor:
         Started: _on_started,
     }
 
-    def _exporters(self) -> List[Child]:
+    def _exporters(self) -> list[Child]:
         return [c for c in self.children.values() if c.spec.is_exporter]
 
     def _broadcast(self, message: object) -> None:
@@ -613,7 +613,7 @@ def _share_with_children() -> None:
     gc.freeze()
 
 
-def _child_main(spec: ChildSpec, config: Config, channel: Channel, extra: Any, inherited: List[int]) -> None:
+def _child_main(spec: ChildSpec, config: Config, channel: Channel, extra: Any, inherited: list[int]) -> None:
     """Entry point of every child after fork: shed what belongs to the supervisor, then run the child's job."""
     signal.set_wakeup_fd(-1)
     for fd in inherited:
@@ -632,7 +632,7 @@ def _child_main(spec: ChildSpec, config: Config, channel: Channel, extra: Any, i
         channel.close()
 
 
-def run_daemon(config: Config, config_path: Optional[str] = None, debug: bool = False,
+def run_daemon(config: Config, config_path: str | None = None, debug: bool = False,
                frame_debug: bool = False) -> int:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Callable, Mapping, Optional
+from typing import Callable
+from collections.abc import Mapping
 
 log = logging.getLogger("rctmon.systemd")
 
@@ -28,9 +29,9 @@ def _send_datagram(address: str, state: str) -> bool:
     return True
 
 
-def _systemd_python_sender() -> Optional[Callable[[str], bool]]:
+def _systemd_python_sender() -> Callable[[str], bool] | None:
     try:
-        from systemd import daemon  # type: ignore[import-not-found]
+        from systemd import daemon
     except ImportError:
         return None
     return lambda state: bool(daemon.notify(state))
@@ -39,10 +40,10 @@ def _systemd_python_sender() -> Optional[Callable[[str], bool]]:
 class Notifier:
     """Sends READY, STATUS, WATCHDOG and STOPPING to systemd when it is listening."""
 
-    def __init__(self, environ: Optional[Mapping[str, str]] = None, use_library: bool = True) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None, use_library: bool = True) -> None:
         env = os.environ if environ is None else environ
         self.address = env.get("NOTIFY_SOCKET", "")
-        self.watchdog_interval: Optional[float] = None
+        self.watchdog_interval: float | None = None
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         if self.address and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):

@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -21,17 +21,17 @@ from support import free_port, require_binary, stop_process, wait_for
 class Mosquitto:
     """One mosquitto process; `stop()` and `start()` again keep the port, as a restarted broker would."""
 
-    def __init__(self, directory: str, port: Optional[int] = None) -> None:
+    def __init__(self, directory: str, port: int | None = None) -> None:
         self.binary = require_binary("mosquitto")
         self.port = port or free_port()
         self.directory = directory
         self.config_path = os.path.join(directory, "mosquitto.conf")
         self.log_path = os.path.join(directory, "mosquitto.log")
-        self.proc: Optional["subprocess.Popen[bytes]"] = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._listener_options = ""
         self._extra = ""
 
-    def extra_config(self, lines: str, tls: Optional[Tuple[str, str, str]] = None) -> None:
+    def extra_config(self, lines: str, tls: tuple[str, str, str] | None = None) -> None:
         """Add config lines (e.g. a second listener); `tls` = (CA, certificate, key) makes the main port TLS."""
         self._extra = lines
         if tls:
@@ -41,11 +41,12 @@ class Mosquitto:
         with open(self.config_path, "w", encoding="utf-8") as conf:
             # persistence off: a restart loses retained messages, so tests see that rctmon publishes them again
             # `user`: mosquitto started as root would switch to user mosquitto and could not read the test's files
-            conf.write(f"user {getpass.getuser()}\nper_listener_settings false\nallow_anonymous true\npersistence false\n"
+            conf.write(f"user {getpass.getuser()}\nper_listener_settings false\nallow_anonymous true\n"
+                       "persistence false\n"
                        "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
                        f"listener {self.port} 127.0.0.1\n{self._listener_options}{self._extra}")
 
-    def start(self, timeout: float = 10.0) -> "Mosquitto":
+    def start(self, timeout: float = 10.0) -> Mosquitto:
         self._write_config()
         log = open(self.log_path, "ab")
         try:
@@ -81,9 +82,9 @@ class Mosquitto:
 class Recorder:
     """A paho subscriber in the test process that records every message it receives, per topic."""
 
-    def __init__(self, port: int, topics: List[str]) -> None:
-        self.messages: Dict[str, List[bytes]] = {}
-        self.retained: Dict[str, bool] = {}
+    def __init__(self, port: int, topics: list[str]) -> None:
+        self.messages: dict[str, list[bytes]] = {}
+        self.retained: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-recorder-{os.getpid()}-{id(self)}")
@@ -100,7 +101,7 @@ class Recorder:
             self.messages.setdefault(message.topic, []).append(bytes(message.payload))
             self.retained[message.topic] = bool(message.retain)
 
-    def last(self, topic: str) -> Optional[str]:
+    def last(self, topic: str) -> str | None:
         with self._lock:
             payloads = self.messages.get(topic)
             return payloads[-1].decode() if payloads else None
@@ -109,7 +110,7 @@ class Recorder:
         with self._lock:
             return len(self.messages.get(topic, ()))
 
-    def topics(self, predicate: Callable[[str], bool] = lambda t: True) -> List[str]:
+    def topics(self, predicate: Callable[[str], bool] = lambda t: True) -> list[str]:
         with self._lock:
             return [t for t in self.messages if predicate(t)]
 

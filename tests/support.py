@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, TypeVar
+from typing import Callable, TypeVar
 
 import pytest
 
@@ -26,11 +26,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Optional[T]], timeout: float, interval: float = 0.05,
+def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float = 0.05,
              message: str = "condition") -> T:
     """Poll `predicate` until it returns something truthy and return that; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
-    last_exc: Optional[BaseException] = None
+    last_exc: BaseException | None = None
     while True:
         try:
             result = predicate()
@@ -55,12 +55,12 @@ def require_binary(name: str) -> str:
     raise AssertionError("unreachable")
 
 
-def rctmon_command(*args: str) -> List[str]:
+def rctmon_command(*args: str) -> list[str]:
     """Return the argv that runs rctmon from this checkout with the test's interpreter."""
     return [sys.executable, "-m", "rctmon.cli", *args]
 
 
-def stop_process(proc: "subprocess.Popen[bytes]", timeout: float = 10.0) -> Optional[int]:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
     """Stop a process started by a test: SIGTERM, wait, then SIGKILL. Return its exit status."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -72,7 +72,7 @@ def stop_process(proc: "subprocess.Popen[bytes]", timeout: float = 10.0) -> Opti
     return proc.returncode
 
 
-def child_pids(pid: int) -> Dict[str, int]:
+def child_pids(pid: int) -> dict[str, int]:
     """Return {process title: pid} of the direct children of `pid` (rctmon names each by its role)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

@@ -15,7 +15,8 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable
+from collections.abc import Awaitable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -44,7 +45,7 @@ SOC = REGISTRY.get_by_name("battery.soc").object_id
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
-def parse_requests(data: bytes) -> List[Tuple[Command, int]]:
+def parse_requests(data: bytes) -> list[tuple[Command, int]]:
     """Split bytes a client sent into (command, object id) with rctclient's own parser."""
     out = []
     while data:
@@ -69,7 +70,7 @@ class RecordingSink:
     """Collects what a Collector reports, in order."""
 
     def __init__(self) -> None:
-        self.events: List[Tuple[str, Any]] = []
+        self.events: list[tuple[str, Any]] = []
 
     def status(self, up: bool, reason: str) -> None:
         self.events.append(("status", (up, reason)))
@@ -77,14 +78,14 @@ class RecordingSink:
     def inventory(self, inventory: Inventory) -> None:
         self.events.append(("inventory", inventory))
 
-    def readings(self, readings: Tuple[Any, ...]) -> None:
+    def readings(self, readings: tuple[Any, ...]) -> None:
         self.events.append(("readings", readings))
 
-    def of(self, kind: str) -> List[Any]:
+    def of(self, kind: str) -> list[Any]:
         return [payload for k, payload in self.events if k == kind]
 
     @property
-    def readings_flat(self) -> List[Tuple[int, Any, int]]:
+    def readings_flat(self) -> list[tuple[int, Any, int]]:
         return [r for batch in self.of("readings") for r in batch]
 
     def series_seen(self) -> set:
@@ -102,7 +103,7 @@ async def wait_until(predicate: Callable[[], Any], timeout: float, message: str)
 
 
 def run_collector(config: Config, scenario: Callable[[Collector, RecordingSink], Awaitable[None]],
-                  reconnect_wait: Tuple[float, float] = (0.05, 0.5)) -> Tuple[Collector, RecordingSink]:
+                  reconnect_wait: tuple[float, float] = (0.05, 0.5)) -> tuple[Collector, RecordingSink]:
     """Run a Collector while `scenario` runs; stop it afterwards, also when the scenario fails."""
     sink = RecordingSink()
     collector = Collector(config, sink, reconnect_wait=reconnect_wait)
@@ -121,7 +122,7 @@ def run_collector(config: Config, scenario: Callable[[Collector, RecordingSink],
 
 @pytest.fixture
 def simulator() -> Iterator[Callable[..., SimulatorThread]]:
-    started: List[SimulatorThread] = []
+    started: list[SimulatorThread] = []
 
     def start(**options: Any) -> SimulatorThread:
         sim = SimulatorThread(SimulatorOptions(**options)).start()
@@ -133,9 +134,9 @@ def simulator() -> Iterator[Callable[..., SimulatorThread]]:
         sim.stop()
 
 
-def assert_values_were_sent(sim: SimulatorThread, readings: List[Tuple[int, Any, int]]) -> None:
+def assert_values_were_sent(sim: SimulatorThread, readings: list[tuple[int, Any, int]]) -> None:
     """Every reported value is one the simulator sent intact: nothing was decoded from corrupted bytes."""
-    sent: Dict[int, list] = {}
+    sent: dict[int, list] = {}
     for object_id, value, _ in readings:
         if object_id not in sent:
             sent[object_id] = sim.sent_values(object_id)
@@ -146,8 +147,8 @@ def assert_values_were_sent(sim: SimulatorThread, readings: List[Tuple[int, Any,
 
 @settings(max_examples=300, deadline=None)
 @given(ids=st.lists(st.sampled_from(REGISTRY_IDS), min_size=1, max_size=20))
-def test_the_send_layer_writes_nothing_but_read_frames(ids: List[int]) -> None:
-    written: List[bytes] = []
+def test_the_send_layer_writes_nothing_but_read_frames(ids: list[int]) -> None:
+    written: list[bytes] = []
     stats = CollectorStats()
     link = ReadOnlyLink(written.append, stats)
     assert link.read(ids) == len(ids)
@@ -166,7 +167,7 @@ def test_the_send_layer_writes_nothing_but_read_frames(ids: List[int]) -> None:
     next(i for i in range(1, 10_000) if i not in RESPONSE_TYPES),  # not a registry object
 ])
 def test_the_send_layer_refuses_anything_but_a_registry_object_id(bad: Any) -> None:
-    written: List[bytes] = []
+    written: list[bytes] = []
     link = ReadOnlyLink(written.append, CollectorStats())
     with pytest.raises((TypeError, ValueError)):
         link.read([bad])
@@ -232,11 +233,11 @@ class Wire:
     """A ReadOnlyLink whose bytes are kept for the test."""
 
     def __init__(self) -> None:
-        self.data: List[bytes] = []
+        self.data: list[bytes] = []
         self.stats = CollectorStats()
         self.link = ReadOnlyLink(self.data.append, self.stats)
 
-    def take(self) -> List[int]:
+    def take(self) -> list[int]:
         ids = [object_id for _, object_id in parse_requests(b"".join(self.data))]
         self.data.clear()
         return ids
@@ -358,7 +359,7 @@ def test_window_drops_a_floor_that_held_back_too_many_cuts_and_checks_twice_as_r
     assert window.floor == Window.FLOOR
 
 
-def answer(poller: Poller, wire: Wire, object_ids: List[int], rtt: float) -> None:
+def answer(poller: Poller, wire: Wire, object_ids: list[int], rtt: float) -> None:
     """Answer requests `rtt` seconds after they were sent (the poller takes the time it is given)."""
     now = asyncio.get_running_loop().time()
     for object_id in object_ids:
@@ -518,7 +519,7 @@ def test_pipelining_reads_inventory_and_first_values_well_under_one_at_a_time(
     latency = 0.05
     sim = simulator(latency_ms=latency * 1000)
     wanted = {s.object_id for s in enabled_series(sim.options.inventory())}
-    elapsed: List[float] = []
+    elapsed: list[float] = []
 
     async def scenario(collector: Collector, sink: RecordingSink) -> None:
         loop = asyncio.get_running_loop()
@@ -574,7 +575,7 @@ def test_collector_backs_off_while_connections_fail_and_recovers_by_itself(
     sim.set_online(False)
     caplog.set_level(logging.INFO, logger="rctmon.collector.connection")
 
-    def planned_waits() -> List[float]:
+    def planned_waits() -> list[float]:
         return [float(m.group(1)) for r in caplog.records
                 if (m := re.search(r"in ([0-9.]+) seconds", r.getMessage()))]
 
@@ -598,8 +599,8 @@ class MutingProxy:
         self.target_port = target_port
         self.muted = False
         self.connections = 0
-        self._server: Optional[asyncio.AbstractServer] = None
-        self._writers: List[asyncio.StreamWriter] = []
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -634,7 +635,7 @@ def test_night_silence_brings_the_device_down_without_looping_hot_and_morning_br
     sim = simulator()
     silence = 0.6
 
-    async def main() -> Tuple[RecordingSink, int, float]:
+    async def main() -> tuple[RecordingSink, int, float]:
         proxy = MutingProxy(sim.port)
         port = await proxy.start()
         sink = RecordingSink()
@@ -667,9 +668,9 @@ def test_night_silence_brings_the_device_down_without_looping_hot_and_morning_br
 
 
 def test_a_peer_that_resets_every_connection_is_retried_with_backoff() -> None:
-    accepted: List[float] = []
+    accepted: list[float] = []
 
-    async def main() -> Tuple[RecordingSink, List[float]]:
+    async def main() -> tuple[RecordingSink, list[float]]:
         loop = asyncio.get_running_loop()
 
         async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -699,7 +700,7 @@ def test_a_peer_that_resets_every_connection_is_retried_with_backoff() -> None:
 # --- the child process ----------------------------------------------------------------------------------------------
 
 @contextmanager
-def collector_process(config: Config) -> Iterator[Tuple[Channel, threading.Thread]]:
+def collector_process(config: Config) -> Iterator[tuple[Channel, threading.Thread]]:
     """Run the collector process main in a thread on a channel pair, as the supervisor would in a child."""
     parent, child = Channel.pair()
     thread = threading.Thread(target=run, args=(config, child), name="collector", daemon=True)
@@ -714,7 +715,7 @@ def collector_process(config: Config) -> Iterator[Tuple[Channel, threading.Threa
         child.close()
 
 
-def collect(channel: Channel, messages: List[Any], predicate: Callable[[List[Any]], bool], timeout: float) -> None:
+def collect(channel: Channel, messages: list[Any], predicate: Callable[[list[Any]], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate(messages):
         assert time.monotonic() < deadline, f"timed out; got {[type(m).__name__ for m in messages][-20:]}"
@@ -724,9 +725,9 @@ def collect(channel: Channel, messages: List[Any], predicate: Callable[[List[Any
 def test_process_reports_over_the_channel_and_stops_promptly(simulator: Callable[..., SimulatorThread]) -> None:
     sim = simulator()
     wanted = {s.object_id for s in enabled_series(sim.options.inventory())}
-    messages: List[Any] = []
+    messages: list[Any] = []
     with collector_process(device_config(sim.port)) as (channel, thread):
-        def seen(ms: List[Any]) -> bool:
+        def seen(ms: list[Any]) -> bool:
             ids = {r[0] for m in ms if isinstance(m, ReadingBatch) for r in m.readings}
             return wanted <= ids and any(isinstance(m, Heartbeat) and m.stats.readings for m in ms)
 
@@ -762,7 +763,7 @@ def test_soak_corrupt_slow_and_disconnecting_inverter_for_30_seconds(simulator: 
     wanted = {s.object_id for s in enabled_series(sim.options.inventory())}
     config = device_config(sim.port)
     config.device.intervals = Intervals(fast=1, medium=2, slow=3, static=10)
-    messages: List[Any] = []
+    messages: list[Any] = []
     with collector_process(config) as (channel, thread):
         end = time.monotonic() + 30
         collect(channel, messages, lambda ms: time.monotonic() >= end, 40)  # run for 30 s

@@ -8,7 +8,7 @@ import re
 import stat
 import subprocess
 import sys
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 import yaml
@@ -23,10 +23,10 @@ ROW = re.compile(r"^\|\s*`(?P<key>[a-z_]+(?:\.[a-z_]+)*)`\s*\|\s*(?P<default>[^|
 NOT_KEYS = {"warnings"}  # Config fields that are not configuration keys
 
 
-def config_keys(obj: Any = None, prefix: str = "") -> Dict[str, Any]:
+def config_keys(obj: Any = None, prefix: str = "") -> dict[str, Any]:
     """Return every configuration key of rctmon.config as dotted name -> default, walking nested sections."""
     obj = cfg.Config() if obj is None else obj
-    keys: Dict[str, Any] = {}
+    keys: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         if f.name in NOT_KEYS:
             continue
@@ -39,9 +39,9 @@ def config_keys(obj: Any = None, prefix: str = "") -> Dict[str, Any]:
     return keys
 
 
-def yaml_keys(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+def yaml_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Return the dotted keys of parsed YAML; `logging` is one key (its value goes to dictConfig whole)."""
-    keys: Dict[str, Any] = {}
+    keys: dict[str, Any] = {}
     for name, value in data.items():
         dotted = f"{prefix}{name}"
         if isinstance(value, dict) and dotted != "logging":
@@ -56,8 +56,8 @@ def same_value(documented: Any, default: Any) -> bool:
     return type(documented) is type(default) and documented == default
 
 
-def doc_rows() -> Dict[str, str]:
-    rows: Dict[str, str] = {}
+def doc_rows() -> dict[str, str]:
+    rows: dict[str, str] = {}
     with open(DOC, encoding="utf-8") as f:
         for line in f:
             m = ROW.match(line)
@@ -119,7 +119,7 @@ def test_example_has_every_key_at_its_default():
     assert not wrong, "config.example.yml differs from the defaults:\n" + "\n".join(wrong)
 
 
-def _check_config(path: str) -> "subprocess.CompletedProcess[str]":
+def _check_config(path: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RCTMON_")}
     return subprocess.run(rctmon_command("-c", path, "check-config"), capture_output=True, text=True, timeout=30,
                           env=env, cwd=REPO)

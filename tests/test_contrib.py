@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import sys
-from typing import Dict, Iterator, List, Set, Tuple
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -27,16 +27,16 @@ ARCHITECTURE = os.path.join(REPO, "docs", "architecture.md")
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 
 
-def run(argv: List[str], timeout: float = 30, **kwargs) -> "subprocess.CompletedProcess[str]":
+def run(argv: list[str], timeout: float = 30, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 # --- what rctmon exposes ------------------------------------------------------------------------------------------
 
 
-def exposed_metrics() -> Dict[str, Set[str]]:
+def exposed_metrics() -> dict[str, set[str]]:
     """Return every series name rctmon exposes (histograms as their _bucket/_sum/_count), with its label names."""
-    names: Dict[str, Set[str]] = {"up": set(TARGET_LABELS)}
+    names: dict[str, set[str]] = {"up": set(TARGET_LABELS)}
     for family, rows in catalog.metric_families().items():
         labels = {"inverter"} | TARGET_LABELS
         for row in rows:
@@ -68,7 +68,7 @@ _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\
 _IDENTIFIER = re.compile(r"(?<![\w.:])([a-zA-Z_:][\w:]*)(\s*\()?")
 
 
-def promql_selectors(expr: str) -> Iterator[Tuple[str, Set[str]]]:
+def promql_selectors(expr: str) -> Iterator[tuple[str, set[str]]]:
     """Yield (metric name, label names matched) for every series selector in a PromQL expression."""
     expr = _STRING.sub('""', _GRAFANA_VARIABLE.sub("1", expr))
     for name, matchers in _SELECTOR.findall(expr):
@@ -92,7 +92,7 @@ def test_promql_parser_finds_metrics_and_skips_the_rest():
                      "baz": set()}
 
 
-def check_queries(queries: List[Tuple[str, str]]) -> List[str]:
+def check_queries(queries: list[tuple[str, str]]) -> list[str]:
     """Return a problem line for each metric (or label of it) that rctmon does not expose."""
     exposed = exposed_metrics()
     problems = []
@@ -108,8 +108,8 @@ def check_queries(queries: List[Tuple[str, str]]) -> List[str]:
 # --- systemd ------------------------------------------------------------------------------------------------------
 
 
-def unit_settings(path: str = UNIT) -> Dict[str, List[str]]:
-    settings: Dict[str, List[str]] = {}
+def unit_settings(path: str = UNIT) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
@@ -132,7 +132,7 @@ def unit_copy(tmp_path, text_edit=lambda text: text) -> str:
     return str(path)
 
 
-def verify_problems(path: str) -> List[str]:
+def verify_problems(path: str) -> list[str]:
     """Run systemd-analyze verify; return what it says about this unit (the host's own units may draw warnings)."""
     analyze = require_binary("systemd-analyze")
     result = run([analyze, "verify", "--man=no", path], cwd=os.path.dirname(path))
@@ -251,7 +251,7 @@ REQUIRED_ALERTS = {
 }
 
 
-def alert_rules() -> List[dict]:
+def alert_rules() -> list[dict]:
     with open(RULES, encoding="utf-8") as f:
         return [rule for group in yaml.safe_load(f)["groups"] for rule in group["rules"] if "alert" in rule]
 
@@ -273,8 +273,8 @@ def test_promtool_test_rules():
 def test_every_alert_is_tested_firing_and_not_firing():
     with open(RULE_TESTS, encoding="utf-8") as f:
         tests = yaml.safe_load(f)["tests"]
-    fired: Set[str] = set()
-    quiet: Set[str] = set()
+    fired: set[str] = set()
+    quiet: set[str] = set()
     for case in tests:
         for check in case.get("alert_rule_test", []):
             (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
@@ -299,7 +299,7 @@ def github_anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def doc_anchors(path: str) -> Set[str]:
+def doc_anchors(path: str) -> set[str]:
     with open(path, encoding="utf-8") as f:
         text = re.sub(r"```.*?```", "", f.read(), flags=re.S)
     return {github_anchor(m) for m in re.findall(r"^#+\s+(.+)$", text, re.M)}
@@ -323,13 +323,13 @@ def dashboard() -> dict:
         return json.load(f)
 
 
-def all_panels(panels: List[dict]) -> Iterator[dict]:
+def all_panels(panels: list[dict]) -> Iterator[dict]:
     for panel in panels:
         yield panel
         yield from all_panels(panel.get("panels", []))
 
 
-def dashboard_queries(board: dict) -> List[Tuple[str, str]]:
+def dashboard_queries(board: dict) -> list[tuple[str, str]]:
     queries = []
     for panel in all_panels(board["panels"]):
         for target in panel.get("targets", []):

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from typing import Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,7 +17,7 @@ from support import child_pids, free_port, pid_gone, rctmon_command, require_bin
 from rctmon import catalog
 from rctmon.simulator import SimulatorOptions
 
-Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 SIM = SimulatorOptions(name="Garage PS 6.0", generators=2, battery_modules=3, power_switch=True)
 
 
@@ -31,14 +31,14 @@ def scrape(port: int) -> Samples:
     return samples
 
 
-def value(samples: Samples, name: str, **labels: str) -> Optional[float]:
+def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
 class Simulator:
     def __init__(self, port: int, *extra: str) -> None:
         self.port, self.extra = port, extra
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
@@ -55,7 +55,7 @@ class Simulator:
 
 
 class Daemon:
-    def __init__(self, tmp_path, device_port: int, env: Optional[Dict[str, str]] = None, **sections: str) -> None:
+    def __init__(self, tmp_path, device_port: int, env: dict[str, str] | None = None, **sections: str) -> None:
         self.metrics_port = free_port()
         self.config = tmp_path / "rctmon.yml"
         self.config.write_text(
@@ -70,10 +70,10 @@ class Daemon:
     def scrape(self) -> Samples:
         return scrape(self.metrics_port)
 
-    def children(self) -> Dict[str, int]:
+    def children(self) -> dict[str, int]:
         return child_pids(self.proc.pid)
 
-    def stop(self) -> Optional[int]:
+    def stop(self) -> int | None:
         children = list(self.children().values())
         code = stop_process(self.proc)
         for pid in children:
@@ -102,14 +102,14 @@ def daemon(tmp_path, simulator: Simulator) -> Iterator[Daemon]:
         d.stop()
 
 
-def expected_families() -> Dict[str, List[catalog.Series]]:
-    families: Dict[str, List[catalog.Series]] = {}
+def expected_families() -> dict[str, list[catalog.Series]]:
+    families: dict[str, list[catalog.Series]] = {}
     for series in catalog.enabled_series(SIM.inventory()):
         families.setdefault(series.metric, []).append(series)
     return families
 
 
-def missing_series(samples: Samples) -> List[str]:
+def missing_series(samples: Samples) -> list[str]:
     """Return the enabled catalog series not on the endpoint (with their labels)."""
     present = {(name, labels) for name, labels in samples}
     missing = []
@@ -132,10 +132,10 @@ def test_every_enabled_family_appears_within_10s_with_its_labels(daemon: Daemon)
     wait_for(lambda: not missing_series(daemon.scrape()), 10 - (time.monotonic() - daemon.started_at),
              message="every enabled catalog series")
     samples = daemon.scrape()
-    modules = {dict(l)["module"] for n, l in samples if n == "rctmon_battery_module_cycles_total"}
+    modules = {dict(labels)["module"] for n, labels in samples if n == "rctmon_battery_module_cycles_total"}
     assert modules == {"0", "1", "2"}
-    assert {dict(l)["phase"] for n, l in samples if n == "rctmon_grid_voltage_volts"} == {"1", "2", "3"}
-    assert {dict(l)["generator"] for n, l in samples if n == "rctmon_generator_power_watts"} == {"a", "b"}
+    assert {dict(labels)["phase"] for n, labels in samples if n == "rctmon_grid_voltage_volts"} == {"1", "2", "3"}
+    assert {dict(labels)["generator"] for n, labels in samples if n == "rctmon_generator_power_watts"} == {"a", "b"}
     soc = value(samples, "rctmon_battery_state_of_charge_ratio", inverter=SIM.name)
     assert soc is not None and 0 <= soc <= 1
     assert value(samples, "rctmon_device_up") == 1
@@ -212,7 +212,7 @@ def test_sigterm_exits_zero_within_10s_leaving_no_children(daemon: Daemon) -> No
     assert daemon.proc.wait(10) == 0
     assert time.monotonic() - start < 10
     for pid in children:
-        wait_for(lambda: pid_gone(pid), 2, message=f"child {pid} gone")
+        wait_for(lambda pid=pid: pid_gone(pid), 2, message=f"child {pid} gone")
 
 
 def test_landing_page_links_to_metrics(daemon: Daemon) -> None:

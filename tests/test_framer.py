@@ -6,7 +6,7 @@ import csv
 import math
 import os
 import struct
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,9 +30,9 @@ def response(name: str, value: object, command: Command = Command.RESPONSE) -> b
     return make_frame(command, info.object_id, encode_value(info.response_data_type, value))
 
 
-def feed_all(data: bytes, chunk: int = 0) -> Tuple[Framer, List[Tuple[int, bytes]]]:
+def feed_all(data: bytes, chunk: int = 0) -> tuple[Framer, list[tuple[int, bytes]]]:
     framer = Framer()
-    frames: List[Tuple[int, bytes]] = []
+    frames: list[tuple[int, bytes]] = []
     step = chunk or len(data) or 1
     for i in range(0, len(data), step):
         frames += framer.feed(data[i:i + step])
@@ -41,7 +41,7 @@ def feed_all(data: bytes, chunk: int = 0) -> Tuple[Framer, List[Tuple[int, bytes
 
 # --- real inverter bytes -----------------------------------------------------------------------------------------
 
-def _burst() -> Tuple[bytes, List[List[str]]]:
+def _burst() -> tuple[bytes, list[list[str]]]:
     with open(os.path.join(FIXTURES, "real-burst.hex")) as f:
         data = bytes.fromhex(f.read().strip())
     with open(os.path.join(FIXTURES, "real-burst.expected.tsv")) as f:
@@ -98,7 +98,7 @@ PLANT = make_frame(Command.PLANT_RESPONSE, ID["battery.soc"], encode_value(DataT
 UNKNOWN_ID = next(i for i in range(1, 1000) if i not in framing.RESPONSE_TYPES)
 BAD_CRC = SOC[:-1] + bytes([SOC[-1] ^ 1])
 
-NOISE: Sequence[Tuple[str, bytes, dict]] = (
+NOISE: Sequence[tuple[str, bytes, dict]] = (
     ("garbage", b"hello world", {"garbage": 1}),
     ("nul prefixes", b"\x00\x00", {}),
     ("crc mismatch", BAD_CRC, {"crc": 1}),
@@ -197,7 +197,7 @@ def test_large_but_real_values_pass() -> None:
 
 # --- property: any garbage, any chunking -----------------------------------------------------------------------------
 
-def _valid_frames() -> List[bytes]:
+def _valid_frames() -> list[bytes]:
     frames = [SOC, response("android_description", "rct -+ inverter"), response("g_sync.u_l_rms[2]", 230.5),
               response("battery.discharged_amp_hours", 43.0), response("energy.e_grid_feed_total", -2769942.25),
               make_frame(Command.LONG_RESPONSE, ID["android_description"], b"+-" * 150)]
@@ -217,7 +217,7 @@ segment = st.one_of(
 )
 
 
-def _decoded(frame: bytes) -> Tuple[int, bytes]:
+def _decoded(frame: bytes) -> tuple[int, bytes]:
     framer = Framer()
     (out,) = framer.feed(frame)
     return out
@@ -225,12 +225,12 @@ def _decoded(frame: bytes) -> Tuple[int, bytes]:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(segments=st.lists(segment, max_size=25), chunks=st.lists(st.integers(1, 64), min_size=1, max_size=8))
-def test_framer_never_raises_never_stalls_and_finds_every_untouched_frame(segments: List[Tuple[str, bytes]],
-                                                                         chunks: List[int]) -> None:
+def test_framer_never_raises_never_stalls_and_finds_every_untouched_frame(segments: list[tuple[str, bytes]],
+                                                                         chunks: list[int]) -> None:
     data = b"".join(part for _, part in segments)
     expected = [_decoded(part) for kind, part in segments if kind == "frame"]
     framer = Framer()
-    out: List[Tuple[int, bytes]] = []
+    out: list[tuple[int, bytes]] = []
     pos, i = 0, 0
     while pos < len(data):
         size = chunks[i % len(chunks)]

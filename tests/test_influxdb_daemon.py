@@ -16,7 +16,8 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Callable
+from collections.abc import Iterator
 
 import pytest
 
@@ -35,10 +36,10 @@ FLUSH = 0.5  # seconds: influxdb.flush_interval
 GAP_FACTOR = 1.5  # a series polled every N s with a hole longer than 1.5 N has lost a reading
 INVENTORY = Inventory(name=NAME, generators=("a", "b"), battery_modules=MODULES, power_switch=True, complete=True)
 #: (victoria-metrics name, labels) -> polling interval, of every polled series the simulated inverter has.
-POLLED: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {
+POLLED: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
     (f"{s.row.measurement}_{s.row.field}", tuple(sorted((("inverter", NAME),) + s.labels))): INTERVALS[s.tier]
     for s in enabled_series(INVENTORY) if s.tier in INTERVALS and field_type(s) is not None}
-Series = Tuple[str, Tuple[Tuple[str, str], ...]]
+Series = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def _accepts(port: int) -> bool:
@@ -55,8 +56,8 @@ class Daemon:
     def __init__(self, tmp_path: Path, influx_url: str) -> None:
         self.tmp_path = tmp_path
         self.sim_port, self.metrics_port = free_port(), free_port()
-        self.procs: List["subprocess.Popen[bytes]"] = []
-        self.logs: List[Path] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
         self.config_path = tmp_path / "rctmon.yml"
         self.config_path.write_text(f"""\
 device:
@@ -80,7 +81,7 @@ influxdb:
         wait_for(lambda: _accepts(self.sim_port), 15, message="the simulator")
         self.daemon = self.start_daemon()
 
-    def _start(self, name: str, *args: str) -> "subprocess.Popen[bytes]":
+    def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         path = self.tmp_path / f"{name}.log"
         self.logs.append(path)
         with open(path, "ab") as log:
@@ -88,17 +89,17 @@ influxdb:
         self.procs.append(proc)
         return proc
 
-    def start_daemon(self) -> "subprocess.Popen[bytes]":
+    def start_daemon(self) -> subprocess.Popen[bytes]:
         self.daemon = self._start("daemon", "-c", str(self.config_path), "daemon")
         wait_for(lambda: self.metrics().get('rctmon_process_up{process="influxdb"}') == 1.0, 20,
                  message="the daemon with its influxdb child")
         return self.daemon
 
-    def metrics(self) -> Dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         """Return the daemon's samples as {'name{labels}': value}."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        samples: Dict[str, float] = {}
+        samples: dict[str, float] = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
                 key, _, value = line.rpartition(" ")
@@ -148,15 +149,15 @@ def daemon(tmp_path: Path, server: VictoriaMetrics) -> Iterator[Daemon]:
         running.stop()
 
 
-def timestamps(server: VictoriaMetrics) -> Dict[Series, List[int]]:
+def timestamps(server: VictoriaMetrics) -> dict[Series, list[int]]:
     """Return the sorted distinct ms timestamps of every series stored."""
-    found: Dict[Series, Set[int]] = {}
+    found: dict[Series, set[int]] = {}
     for name, labels, ts, _ in server.export():
         found.setdefault((name, labels), set()).add(ts)
     return {key: sorted(values) for key, values in found.items()}
 
 
-def gaps(server: VictoriaMetrics, start_ms: int, end_ms: int) -> Dict[Series, int]:
+def gaps(server: VictoriaMetrics, start_ms: int, end_ms: int) -> dict[Series, int]:
     """Return the polled series with a hole too long for their interval in [start_ms, end_ms], and its length."""
     stored = timestamps(server)
     too_long = {}
@@ -169,7 +170,7 @@ def gaps(server: VictoriaMetrics, start_ms: int, end_ms: int) -> Dict[Series, in
 
 
 def wait_no_gaps(server: VictoriaMetrics, daemon: Daemon, start_ms: int, end_ms: int, timeout: float) -> None:
-    last: Dict[Series, int] = {}
+    last: dict[Series, int] = {}
 
     def complete() -> bool:
         nonlocal last
@@ -183,12 +184,12 @@ def wait_no_gaps(server: VictoriaMetrics, daemon: Daemon, start_ms: int, end_ms:
 
 
 def readings_rate(daemon: Daemon, seconds: float,
-                  during: Optional[Callable[[Dict[str, float]], None]] = None) -> Tuple[float, float]:
+                  during: Callable[[dict[str, float]], None] | None = None) -> tuple[float, float]:
     """Scrape once a second for `seconds`; return (readings per second, the stalest the last reading got)."""
     began, first = time.monotonic(), daemon.metrics()["rctmon_readings_total"]
     stale, scrape_at = 0.0, began
     while time.monotonic() - began < seconds:
-        wait_for(lambda: time.monotonic() >= scrape_at, 2, interval=0.05, message="the next scrape")
+        wait_for(lambda scrape_at=scrape_at: time.monotonic() >= scrape_at, 2, interval=0.05, message="the next scrape")
         scrape_at += 1.0
         metrics = daemon.metrics()
         stale = max(stale, time.time() - metrics["rctmon_last_reading_timestamp_seconds"])
@@ -211,7 +212,7 @@ def test_points_arrive_as_documented_and_an_outage_of_20_s_loses_nothing(server:
     server.stop()
     wait_until_down(server)
     down_ms = int(time.time() * 1000)
-    spooled: List[float] = []
+    spooled: list[float] = []
     rate_during, stale = readings_rate(daemon, 22, lambda m: spooled.append(m["rctmon_influxdb_spool_points"]))
     up_ms = int(time.time() * 1000)
     server.start()

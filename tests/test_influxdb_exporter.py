@@ -18,7 +18,8 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable
+from collections.abc import Iterator
 
 import pytest
 
@@ -36,7 +37,7 @@ from vmserver import VictoriaMetrics, victoria, wait_until_down  # noqa: F401 - 
 INVERTER = "Haus Süd, WR=1"
 TOKEN_SECRET = "s3cr3t-never-logged"
 #: One series of each shape: float, scaled magnitude, enum, integer, string, and every kind of tag.
-SAMPLE_SERIES: Tuple[str, ...] = (
+SAMPLE_SERIES: tuple[str, ...] = (
     "g_sync.p_ac_grid_sum_lp",  # grid power, float
     "energy.e_grid_feed_total",  # Wh, negative from the inverter -> positive J
     "prim_sm.state",  # enum -> integer
@@ -69,7 +70,7 @@ class Readings:
         self.n = 0
         self.base_ns = (time.time_ns() // 1_000_000 - 600_000) * 1_000_000  # ten minutes ago, on a ms boundary
 
-    def batch(self, count: int = len(SAMPLE_SERIES)) -> Tuple[Reading, ...]:
+    def batch(self, count: int = len(SAMPLE_SERIES)) -> tuple[Reading, ...]:
         readings = []
         for _ in range(count):
             series = SERIES_BY_NAME[SAMPLE_SERIES[self.n % len(SAMPLE_SERIES)]]
@@ -79,7 +80,7 @@ class Readings:
         return tuple(readings)
 
 
-def expected_sample(reading: Reading, inverter: str = INVERTER) -> Tuple[str, Tuple[Tuple[str, str], ...], int]:
+def expected_sample(reading: Reading, inverter: str = INVERTER) -> tuple[str, tuple[tuple[str, str], ...], int]:
     """Return (victoria-metrics series name, labels, ms timestamp) the documented schema gives a reading."""
     object_id, _, ts = reading
     series = next(s for s in SERIES_BY_NAME.values() if s.object_id == object_id)
@@ -87,14 +88,14 @@ def expected_sample(reading: Reading, inverter: str = INVERTER) -> Tuple[str, Tu
     return f"{series.row.measurement}_{series.row.field}", labels, ts // 1_000_000
 
 
-def stored(server: VictoriaMetrics) -> Set[Tuple[str, Tuple[Tuple[str, str], ...], int]]:
+def stored(server: VictoriaMetrics) -> set[tuple[str, tuple[tuple[str, str], ...], int]]:
     return {(name, labels, ts) for name, labels, ts, _ in server.export()}
 
 
 # --- the child under test and a stand-in supervisor ---------------------------------------------------------------
 
 
-def _child_main(config: Config, channel: Channel, parent_fd: int, log_path: str, overrides: Dict[str, float]) -> None:
+def _child_main(config: Config, channel: Channel, parent_fd: int, log_path: str, overrides: dict[str, float]) -> None:
     from rctmon.exporters import influxdb
     from rctmon.proc import become_child
 
@@ -116,18 +117,18 @@ class Child:
 
     config: Config
     log_path: Path
-    overrides: Dict[str, float] = field(default_factory=dict)
-    channel: Optional[Channel] = None
-    process: Optional[multiprocessing.process.BaseProcess] = None
+    overrides: dict[str, float] = field(default_factory=dict)
+    channel: Channel | None = None
+    process: multiprocessing.process.BaseProcess | None = None
     acked: int = 0
-    heartbeats: List[Heartbeat] = field(default_factory=list)
+    heartbeats: list[Heartbeat] = field(default_factory=list)
     started: bool = False
-    backlog: Dict[int, ReadingBatch] = field(default_factory=dict)
+    backlog: dict[int, ReadingBatch] = field(default_factory=dict)
     seq: int = 0
-    sent_at: Dict[int, float] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)
     max_ack_lag: float = 0.0
 
-    def start(self, inventory: Optional[Inventory] = None) -> "Child":
+    def start(self, inventory: Inventory | None = None) -> Child:
         ours, theirs = Channel.pair()
         context = multiprocessing.get_context("fork")
         self.process = context.Process(target=_child_main, name="test-influxdb",
@@ -142,7 +143,7 @@ class Child:
             self.channel.send(self.backlog[seq])
         return self
 
-    def send(self, readings: Tuple[Reading, ...]) -> int:
+    def send(self, readings: tuple[Reading, ...]) -> int:
         self.seq += 1
         batch = ReadingBatch(readings, self.seq)
         self.backlog[self.seq] = batch
@@ -210,9 +211,9 @@ class Child:
 @pytest.fixture
 def make_child(tmp_path: Path) -> Iterator[Callable[..., Child]]:
     """Build influxdb children on one spool; every one is killed after the test whatever happens."""
-    children: List[Child] = []
+    children: list[Child] = []
 
-    def make(url: str, overrides: Optional[Dict[str, float]] = None, **influx: Any) -> Child:
+    def make(url: str, overrides: dict[str, float] | None = None, **influx: Any) -> Child:
         settings = InfluxDBConfig(enable=True, url=url, token=f"rctmon:{TOKEN_SECRET}", org="rct", bucket="rct",
                                   flush_interval=0.2, timeout=5.0, spool_path=str(tmp_path / "spool.sqlite"))
         config = Config(influxdb=replace(settings, **influx))
@@ -233,7 +234,7 @@ def make_child(tmp_path: Path) -> Iterator[Callable[..., Child]]:
 @dataclass
 class Answer:
     status: int
-    headers: Dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
     hang: bool = False
 
@@ -241,11 +242,11 @@ class Answer:
 class FakeInflux:
     """An HTTP server on loopback answering writes from a script (then 204), recording what it accepted."""
 
-    def __init__(self, script: List[Answer], reject: Optional[Callable[[bytes], bool]] = None) -> None:
+    def __init__(self, script: list[Answer], reject: Callable[[bytes], bool] | None = None) -> None:
         self.script = list(script)
         self.reject = reject  # a line for which this is true makes the request a 400
-        self.requests: List[Tuple[float, int, bytes]] = []  # (monotonic time, status answered, body)
-        self.accepted: List[bytes] = []
+        self.requests: list[tuple[float, int, bytes]] = []  # (monotonic time, status answered, body)
+        self.accepted: list[bytes] = []
         self.release = threading.Event()
         self.lock = threading.Lock()
         fake = self
@@ -290,7 +291,7 @@ class FakeInflux:
                 self.accepted.extend(body.split(b"\n"))
         return answer
 
-    def __enter__(self) -> "FakeInflux":
+    def __enter__(self) -> FakeInflux:
         self.thread.start()
         return self
 
@@ -326,7 +327,7 @@ def test_values_that_cannot_be_fields_are_dropped_and_counted() -> None:
     encoder = lineprotocol.LineEncoder("x")
     power = SERIES_BY_NAME["g_sync.p_ac_grid_sum_lp"].object_id
     state = SERIES_BY_NAME["prim_sm.state"].object_id
-    readings: List[Any] = [(power, float("nan"), 1), (power, float("inf"), 2), (power, 1e300, 3), (power, "x", 4),
+    readings: list[Any] = [(power, float("nan"), 1), (power, float("inf"), 2), (power, 1e300, 3), (power, "x", 4),
                            (state, 2.5, 5), (state, None, 6), (power, 7, 7), (999999, 1, 8)]
     lines = encoder.encode_all(readings)
     assert lines == [b"grid,inverter=x power=7.0 7"]
@@ -342,7 +343,7 @@ def test_inverter_tag_falls_back_to_serial_then_unknown_once_the_inventory_is_co
 
 def test_every_field_keeps_one_type() -> None:
     """InfluxDB refuses a point whose field type differs from the one already stored."""
-    types: Dict[Tuple[str, str], lineprotocol.FieldType] = {}
+    types: dict[tuple[str, str], lineprotocol.FieldType] = {}
     for series in SERIES_BY_NAME.values():
         kind = lineprotocol.field_type(series)
         assert kind is not None, series.object_name
@@ -394,8 +395,8 @@ def test_points_arrive_with_the_documented_schema_and_original_timestamps(victor
     assert TOKEN_SECRET not in child.log()
 
 
-def feed_for(child: Child, readings: Readings, seconds: float, sent: List[Reading],
-             check: Optional[Callable[[], None]] = None) -> None:
+def feed_for(child: Child, readings: Readings, seconds: float, sent: list[Reading],
+             check: Callable[[], None] | None = None) -> None:
     """Send a batch every 50 ms for `seconds`, collecting acks; the outage tests' 'collector'."""
     now = time.monotonic()
     deadline, due = now + seconds, now
@@ -532,7 +533,7 @@ def test_a_hung_server_delays_neither_acks_nor_stop(make_child: Callable[..., Ch
         spool.close()
 
 
-def _drainer(tmp_path: Path, url: str, **settings: Any) -> Tuple[Spool, StatsBox, Drainer]:
+def _drainer(tmp_path: Path, url: str, **settings: Any) -> tuple[Spool, StatsBox, Drainer]:
     config = replace(InfluxDBConfig(url=url, token="t", bucket="b", flush_interval=0.05, timeout=5.0), **settings)
     spool = Spool(tmp_path / "spool.sqlite", 1_000_000)
     stats = StatsBox()
@@ -590,12 +591,12 @@ def test_rejected_lines_are_isolated_dropped_and_counted(tmp_path: Path) -> None
             spool.close()
 
 
-def _count_peeks(spool: Spool) -> List[float]:
+def _count_peeks(spool: Spool) -> list[float]:
     """Record when the drain thread looks into the spool (monotonic times)."""
-    peeks: List[float] = []
+    peeks: list[float] = []
     peek = spool.peek
 
-    def counting(limit: int) -> List[Tuple[int, bytes]]:
+    def counting(limit: int) -> list[tuple[int, bytes]]:
         peeks.append(time.monotonic())
         return peek(limit)
 
@@ -643,7 +644,7 @@ def test_stop_ends_the_idle_wait_the_flush_interval_and_a_backoff_sleep_at_once(
                     spool.append([b"m f=1 1"])
                     drainer.points_spooled()
                 if phase == "backoff":
-                    wait_for(lambda: stats.snapshot(0).write_errors.get("server") == 1, 10, message="a 503")
+                    wait_for(lambda stats=stats: stats.snapshot(0).write_errors.get("server") == 1, 10, message="a 503")
                 time.sleep(0.2)
                 began = time.monotonic()
                 assert drainer.stop(2.0), phase

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
 
 import pytest
 
@@ -39,13 +38,13 @@ class DocRow:
     name: str
     type: str
     unit: str
-    labels: Tuple[str, ...]
+    labels: tuple[str, ...]
     tier: str
     meaning: str
 
 
-def doc_rows() -> Dict[str, DocRow]:
-    rows: Dict[str, DocRow] = {}
+def doc_rows() -> dict[str, DocRow]:
+    rows: dict[str, DocRow] = {}
     with open(DOC, encoding="utf-8") as doc:
         for number, line in enumerate(doc, 1):
             if not line.startswith("| `rctmon_"):
@@ -73,13 +72,13 @@ def expected_tier(name: str) -> str:
     return tiers.get(name, NONE)
 
 
-def families(text: str) -> Dict[str, object]:
+def families(text: str) -> dict[str, object]:
     """Return the families of an OpenMetrics exposition by the name their samples carry."""
     return {f.name + SUFFIX.get(f.type, ""): f for f in text_string_to_metric_families(text)}
 
 
 @pytest.fixture
-def full_scrape(start_exporter) -> Dict[str, object]:
+def full_scrape(start_exporter) -> dict[str, object]:
     exporter = start_exporter(make_config(exposition=True, influxdb=True, mqtt=True))
     exporter.send(full_health(), INVENTORY, full_batch())
     every = set(catalog.metric_families()) | {m.name for m in HEALTH_METRICS}
@@ -97,7 +96,7 @@ def test_the_reference_lists_every_exposed_family_and_nothing_else(full_scrape):
 
 
 def test_the_reference_gives_each_family_its_type_unit_labels_and_tier(full_scrape):
-    problems: List[str] = []
+    problems: list[str] = []
     for name, row in doc_rows().items():
         family = full_scrape.get(name)
         if family is None:

@@ -15,7 +15,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, List
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,8 +37,8 @@ class Daemon:
 
     def __init__(self, tmp_path: str, broker_port: int) -> None:
         self.sim_port, self.metrics_port = free_port(), free_port()
-        self.procs: List["subprocess.Popen[bytes]"] = []
-        self.logs: List[str] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[str] = []
         self.config_path = os.path.join(tmp_path, "rctmon.yml")
         with open(self.config_path, "w", encoding="utf-8") as cfg:
             cfg.write(f"""\
@@ -61,7 +61,7 @@ mqtt:
         wait_for(lambda: _accepts(self.sim_port), 15, message="the simulator")
         self.daemon = self._start("daemon", "-c", self.config_path, "daemon")
 
-    def _start(self, name: str, *args: str) -> "subprocess.Popen[bytes]":
+    def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         path = os.path.join(self.tmp_path, f"{name}.log")
         self.logs.append(path)
         with open(path, "ab") as log:
@@ -69,11 +69,11 @@ mqtt:
         self.procs.append(proc)
         return proc
 
-    def metrics(self) -> Dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         """Return the daemon's samples as {'name{labels}': value}."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        samples: Dict[str, float] = {}
+        samples: dict[str, float] = {}
         for line in text.splitlines():
             match = _SAMPLE.match(line)
             if match:
@@ -120,8 +120,8 @@ def daemon(tmp_path: Path, broker: Mosquitto) -> Iterator[Daemon]:
 
 
 @pytest.fixture
-def recorders() -> Iterator[List[Recorder]]:
-    opened: List[Recorder] = []
+def recorders() -> Iterator[list[Recorder]]:
+    opened: list[Recorder] = []
     try:
         yield opened
     finally:
@@ -129,7 +129,7 @@ def recorders() -> Iterator[List[Recorder]]:
             recorder.close()
 
 
-def _subscribe(port: int, opened: List[Recorder]) -> Recorder:
+def _subscribe(port: int, opened: list[Recorder]) -> Recorder:
     recorder = Recorder(port, ["#"])
     opened.append(recorder)
     return recorder
@@ -184,7 +184,7 @@ def test_broker_outage_neither_slows_the_collector_nor_stops_values_for_good(bro
     wait_for(lambda: daemon.metrics().get("rctmon_mqtt_connected") == 0.0, 10, message="mqtt disconnected")
     stale, scrape_at = 0.0, time.monotonic()
     while time.monotonic() - down_t < OUTAGE_SECONDS:  # a scrape a second is enough to see the collector stall
-        wait_for(lambda: time.monotonic() >= scrape_at, 2, interval=0.1, message="the next scrape")
+        wait_for(lambda scrape_at=scrape_at: time.monotonic() >= scrape_at, 2, interval=0.1, message="the next scrape")
         scrape_at += 1.0
         stale = max(stale, time.time() - daemon.metrics()["rctmon_last_reading_timestamp_seconds"])
     rate_during = (readings() - down_r) / (time.monotonic() - down_t)

@@ -13,7 +13,8 @@ import os
 import signal
 import subprocess
 import time
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable
+from collections.abc import Iterator
 
 import pytest
 
@@ -35,7 +36,7 @@ NODE = "rctmon_SN123"
 INTERVALS = {tier: float(getattr(Config().device.intervals, tier.value)) for tier in catalog.Tier}
 
 #: (object name, raw value as the inverter sends it, topic below the prefix, expected payload)
-SAMPLES: Tuple[Tuple[str, Value, str, str], ...] = (
+SAMPLES: tuple[tuple[str, Value, str, str], ...] = (
     ("dc_conv.dc_conv_struct[0].p_dc_lp", 1234.5, "generator/a/power", "1234.5"),
     ("g_sync.u_l_rms[1]", 231.60000610351562, "grid_phase/2/voltage", "231.6"),  # a float32 as decoded
     ("energy.e_grid_feed_total", -2769942.25, "grid/feed_energy_total", "2769.942"),  # Wh, negative: kWh, positive
@@ -48,7 +49,7 @@ SAMPLES: Tuple[Tuple[str, Value, str, str], ...] = (
 )
 
 
-def reading(name: str, raw: Value, taken_ns: Optional[int] = None) -> Reading:
+def reading(name: str, raw: Value, taken_ns: int | None = None) -> Reading:
     return (catalog.SERIES_BY_NAME[name].object_id, raw, taken_ns or time.time_ns())
 
 
@@ -77,14 +78,14 @@ class Child:
             target=_child_main, args=(config, child_end), name="mqtt-child", daemon=True)
         self.process.start()
         child_end.close()
-        self.received: List[object] = []
+        self.received: list[object] = []
 
     def send(self, message: object) -> None:
         assert self.channel.send(message)
 
     def wait_message(self, predicate: Callable[[object], bool], timeout: float = 10.0, since: int = 0,
                      what: str = "a message") -> object:
-        def poll() -> Optional[object]:
+        def poll() -> object | None:
             self.received.extend(self.channel.wait(0.05))
             return next((m for m in self.received[since:] if predicate(m)), None)
         return wait_for(poll, timeout, interval=0.0, message=what)
@@ -113,7 +114,7 @@ class Child:
 
 
 @pytest.fixture
-def broker(tmp_path: "os.PathLike[str]") -> Iterator[Mosquitto]:
+def broker(tmp_path: os.PathLike[str]) -> Iterator[Mosquitto]:
     server = Mosquitto(str(tmp_path)).start()
     try:
         yield server
@@ -123,7 +124,7 @@ def broker(tmp_path: "os.PathLike[str]") -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def children() -> Iterator[Callable[[Config], Child]]:
-    started: List[Child] = []
+    started: list[Child] = []
 
     def start(config: Config) -> Child:
         child = Child(config)
@@ -138,7 +139,7 @@ def children() -> Iterator[Callable[[Config], Child]]:
 
 @pytest.fixture
 def recorders() -> Iterator[Callable[[int], Recorder]]:
-    opened: List[Recorder] = []
+    opened: list[Recorder] = []
 
     def open_recorder(port: int) -> Recorder:
         recorder = Recorder(port, ["#"])

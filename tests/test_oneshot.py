@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List
+from collections.abc import Iterator
 
 import pytest
 from support import free_port, rctmon_command, stop_process, wait_for
@@ -34,7 +34,7 @@ def config_file(tmp_path: Path, port: int, extra: str = "") -> str:
     return str(path)
 
 
-def run_cli(*args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(rctmon_command(*args), capture_output=True, text=True, timeout=timeout)
 
 
@@ -73,7 +73,7 @@ def test_inventory_shows_values_in_units_people_read(full_simulator: SimulatorTh
     assert "phase=1" in lines["g_sync.u_l_rms[0]"]
 
 
-def _rctclient_simulator_command(port: int) -> List[str]:
+def _rctclient_simulator_command(port: int) -> list[str]:
     if importlib.util.find_spec("click") is None:  # rctclient's CLI needs the [cli] extra
         if os.environ.get("CI"):
             pytest.fail("rctclient[cli] is required in CI")

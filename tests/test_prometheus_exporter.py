@@ -20,7 +20,8 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable
+from collections.abc import Iterator, Sequence
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,7 +47,7 @@ _FORK = multiprocessing.get_context("fork")
 INVENTORY = Inventory(name="Garage", serial="SN123", software_version="1.2", parameter_file="p.bin",
                       generators=("a", "b"), battery_modules=3, power_switch=True, complete=True)
 #: Raw values (as the inverter sends them) for the series the tests look at by name.
-RAW: Dict[str, object] = {
+RAW: dict[str, object] = {
     "dc_conv.dc_conv_struct[0].p_dc_lp": 1234.5,
     "dc_conv.dc_conv_struct[1].p_dc_lp": 321.0,
     "battery.soc": 0.5,
@@ -73,7 +74,7 @@ def raw_value(series: catalog.Series) -> object:
     return 7
 
 
-def full_batch(inventory: Inventory = INVENTORY, taken_ns: Optional[int] = None, seq: int = 1) -> ReadingBatch:
+def full_batch(inventory: Inventory = INVENTORY, taken_ns: int | None = None, seq: int = 1) -> ReadingBatch:
     """Return one reading for every series the inventory enables, plus one id the catalog does not know."""
     now = time.time_ns() if taken_ns is None else taken_ns
     readings = tuple((s.object_id, raw_value(s), now) for s in catalog.enabled_series(inventory))
@@ -116,12 +117,12 @@ def _child_main(config: Config, channel: Channel, parent_end: Channel, sock: soc
 class Exporter:
     """A running prometheus child as the supervisor sees it: its process, channel end and socket."""
 
-    process: "multiprocessing.process.BaseProcess"
+    process: multiprocessing.process.BaseProcess
     channel: Channel
     sock: socket.socket
-    tls_ca: Optional[str] = None
-    auth: Optional[Tuple[str, str]] = None
-    received: List[object] = field(default_factory=list)
+    tls_ca: str | None = None
+    auth: tuple[str, str] | None = None
+    received: list[object] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -132,7 +133,7 @@ class Exporter:
             assert self.channel.send(message)
         support.wait_for(lambda: self.channel.flush() or self.channel.pending_bytes == 0, 5, message="channel flush")
 
-    def drain(self) -> List[object]:
+    def drain(self) -> list[object]:
         try:
             self.received.extend(self.channel.receive())
         except ChannelClosed:
@@ -142,8 +143,8 @@ class Exporter:
     def wait_started(self) -> None:
         support.wait_for(lambda: any(isinstance(m, Started) for m in self.drain()), 10, message="Started")
 
-    def get(self, path: str = "/metrics", headers: Optional[Dict[str, str]] = None,
-            auth: Optional[Tuple[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+    def get(self, path: str = "/metrics", headers: dict[str, str] | None = None,
+            auth: tuple[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         """Return (status, headers, body) of one request (http.client: no proxy from the environment)."""
         headers = dict(headers or {})
         credentials = auth or self.auth
@@ -152,7 +153,7 @@ class Exporter:
             headers["Authorization"] = f"Basic {token}"
         return request(self.port, path, headers, self.tls_ca)
 
-    def metrics(self, headers: Optional[Dict[str, str]] = None) -> str:
+    def metrics(self, headers: dict[str, str] | None = None) -> str:
         status, _, body = self.get("/metrics", headers)
         assert status == 200, body
         return body.decode("utf-8")
@@ -169,8 +170,8 @@ class Exporter:
         self.sock.close()
 
 
-def request(port: int, path: str, headers: Dict[str, str], tls_ca: Optional[str] = None,
-            timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
+def request(port: int, path: str, headers: dict[str, str], tls_ca: str | None = None,
+            timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
     if tls_ca:
         context = ssl.create_default_context(cafile=tls_ca)
         conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
@@ -188,9 +189,9 @@ def request(port: int, path: str, headers: Dict[str, str], tls_ca: Optional[str]
 @pytest.fixture
 def start_exporter() -> Iterator:
     """Return a function that starts a prometheus child; every child it started is stopped afterwards."""
-    started: List[Exporter] = []
+    started: list[Exporter] = []
 
-    def start(config: Config, tls_ca: Optional[str] = None, auth: Optional[Tuple[str, str]] = None,
+    def start(config: Config, tls_ca: str | None = None, auth: tuple[str, str] | None = None,
               wait: bool = True) -> Exporter:
         sock = bind_endpoint("127.0.0.1", 0)  # port 0: the kernel picks a free one, no race with other tests
         ours, theirs = Channel.pair()
@@ -208,7 +209,7 @@ def start_exporter() -> Iterator:
         exporter.stop()
 
 
-def families(text: str) -> Dict[str, object]:
+def families(text: str) -> dict[str, object]:
     """Return the scraped metric families by their exposed name (counters with `_total`, as in the TYPE line)."""
     result = {}
     for family in text_string_to_metric_families(text):
@@ -217,7 +218,7 @@ def families(text: str) -> Dict[str, object]:
     return result
 
 
-def sample(text: str, name: str, **labels: str) -> Optional[float]:
+def sample(text: str, name: str, **labels: str) -> float | None:
     """Return the value of the sample with exactly this name and these labels, or None."""
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -373,7 +374,7 @@ def test_twenty_concurrent_scrapers_all_get_answers(start_exporter):
     exporter = start_exporter(make_config(exposition=True))
     exporter.send(INVENTORY, full_batch(), full_health())
     support.wait_for(lambda: "rctmon_generator_power_watts" in exporter.metrics(), 5, message="values")
-    results: List[int] = []
+    results: list[int] = []
     barrier = threading.Barrier(20)
 
     def scrape() -> None:
@@ -455,7 +456,7 @@ def test_promtool_check_metrics_finds_nothing(start_exporter):
 def prometheus_server(tmp_path) -> Iterator:
     """Return a function that starts Debian's Prometheus scraping a target every second; stopped afterwards."""
     binary = support.require_binary("prometheus")
-    processes: List[subprocess.Popen] = []
+    processes: list[subprocess.Popen] = []
 
     def start(target_port: int) -> int:
         port = support.free_port()
@@ -477,7 +478,7 @@ def prometheus_server(tmp_path) -> Iterator:
         support.stop_process(process)
 
 
-def query(port: int, promql: str) -> List[dict]:
+def query(port: int, promql: str) -> list[dict]:
     path = "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     status, _, body = request(port, path, {})
     answer = json.loads(body)
@@ -503,7 +504,7 @@ def test_a_real_prometheus_scrapes_health_and_inverter_values(start_exporter, pr
 
 
 @pytest.fixture
-def certificate(tmp_path) -> Tuple[str, str]:
+def certificate(tmp_path) -> tuple[str, str]:
     """Return (certificate, key) files of a self-signed certificate for 127.0.0.1, made with the openssl CLI."""
     openssl = support.require_binary("openssl")
     cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
@@ -594,14 +595,14 @@ class Served:
 @pytest.fixture
 def endpoint() -> Iterator[Callable[..., Served]]:
     """Return a function that serves an endpoint over health metrics in a thread; shut down afterwards."""
-    served: List[Served] = []
+    served: list[Served] = []
 
-    def start(limits: Limits = DEFAULT_LIMITS, auth: Optional[endpoint_http.BasicAuth] = None,
-              tls: Optional[ssl.SSLContext] = None) -> Served:
+    def start(limits: Limits = DEFAULT_LIMITS, auth: endpoint_http.BasicAuth | None = None,
+              tls: ssl.SSLContext | None = None) -> Served:
         state = State()
         cache = endpoint_http.ExpositionCache(build_registry(state, make_config()), state.current_generation)
         server = endpoint_http.EndpointServer(bind_endpoint("127.0.0.1", 0), cache, auth, tls, limits)
-        ids: List[int] = []
+        ids: list[int] = []
 
         def serve() -> None:
             ids.append(threading.get_native_id())
@@ -821,7 +822,7 @@ def test_https_keeps_connections_alive_and_limits_the_head(endpoint, certificate
         assert secured.recv(100).startswith(b"HTTP/1.1 431 ")
 
 
-def _read_all(*chunks: bytes) -> List[Tuple[str, str, bool]]:
+def _read_all(*chunks: bytes) -> list[tuple[str, str, bool]]:
     reader = RequestReader(max_head=1024, max_headers=10)
     taken = []
     for chunk in chunks:

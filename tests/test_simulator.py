@@ -16,7 +16,8 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Callable
+from collections.abc import Iterator, Sequence
 
 import pytest
 from rctclient.exceptions import FrameCRCMismatch, FrameLengthExceeded, InvalidCommand
@@ -40,9 +41,9 @@ PYTHON_TYPES = {DataType.FLOAT: float, DataType.STRING: str, DataType.BOOL: bool
 
 # --- a minimal client ----------------------------------------------------------------------------------------------
 
-def split_frames(buf: bytes) -> Tuple[List[ReceiveFrame], bytes]:
+def split_frames(buf: bytes) -> tuple[list[ReceiveFrame], bytes]:
     """Return the complete frames in `buf` and the unparsed rest; after any bad frame, resume one byte later."""
-    frames: List[ReceiveFrame] = []
+    frames: list[ReceiveFrame] = []
     pos = 0
     while True:
         start = buf.find(b"+", pos)
@@ -73,12 +74,12 @@ class Client:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.pending = b""
         self.raw = bytearray()
-        self.frames: List[ReceiveFrame] = []  # every frame received, any command
+        self.frames: list[ReceiveFrame] = []  # every frame received, any command
 
     def close(self) -> None:
         self.sock.close()
 
-    def send_reads(self, objects: Sequence[Union[int, str]]) -> None:
+    def send_reads(self, objects: Sequence[int | str]) -> None:
         self.sock.sendall(b"".join(make_frame(Command.READ, IDS[o] if isinstance(o, str) else o) for o in objects))
 
     def receive_once(self, timeout: float = 10.0) -> bool:
@@ -92,10 +93,10 @@ class Client:
         self.frames.extend(frames)
         return True
 
-    def responses(self) -> List[ReceiveFrame]:
+    def responses(self) -> list[ReceiveFrame]:
         return [f for f in self.frames if f.command in (Command.RESPONSE, Command.LONG_RESPONSE)]
 
-    def wait_responses(self, count: int, timeout: float = 10.0) -> List[ReceiveFrame]:
+    def wait_responses(self, count: int, timeout: float = 10.0) -> list[ReceiveFrame]:
         deadline = time.monotonic() + timeout
         while len(self.responses()) < count:
             remaining = deadline - time.monotonic()
@@ -103,7 +104,7 @@ class Client:
                 raise AssertionError(f"got {len(self.responses())} of {count} responses")
         return self.responses()
 
-    def read(self, objects: Sequence[str], timeout: float = 10.0) -> Dict[str, Any]:
+    def read(self, objects: Sequence[str], timeout: float = 10.0) -> dict[str, Any]:
         """Read objects by name and return their decoded values (fails unless every one is answered)."""
         start = len(self.frames)
         self.send_reads(objects)
@@ -137,7 +138,7 @@ class Client:
 @pytest.fixture
 def simulator() -> Iterator[Callable[..., SimulatorThread]]:
     """Start simulators with the given options; every one is stopped when the test ends, pass or fail."""
-    started: List[SimulatorThread] = []
+    started: list[SimulatorThread] = []
 
     def start(**options: Any) -> SimulatorThread:
         sim = SimulatorThread(SimulatorOptions(**options)).start()
@@ -151,7 +152,7 @@ def simulator() -> Iterator[Callable[..., SimulatorThread]]:
 
 @pytest.fixture
 def clients() -> Iterator[Callable[[int], Client]]:
-    opened: List[Client] = []
+    opened: list[Client] = []
 
     def connect(port: int) -> Client:
         client = Client(port)
@@ -431,7 +432,7 @@ def test_noise_is_interleaved_and_answers_still_arrive(simulator: Callable[..., 
 
 def test_a_seed_makes_faults_reproducible(simulator: Callable[..., SimulatorThread],
                                           clients: Callable[[int], Client]) -> None:
-    def run(seed: int) -> Tuple[int, int, int]:
+    def run(seed: int) -> tuple[int, int, int]:
         sim = simulator(drop_rate=0.2, corrupt_rate=0.2, noise_rate=0.2, seed=seed)
         request_many(clients(sim.port), sim, ["android_description", "battery.soc"], 300)
         stats = sim.stats

@@ -40,7 +40,7 @@ def test_points_survive_closing_and_reopening(path: Path) -> None:
         again.close()
 
 
-def _append_then_die(path: str, ready: "multiprocessing.synchronize.Event") -> None:
+def _append_then_die(path: str, ready: multiprocessing.synchronize.Event) -> None:
     spool = Spool(path, 10_000)
     spool.append(lines(0, 500))
     ready.set()

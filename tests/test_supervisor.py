@@ -12,7 +12,8 @@ import os
 import signal
 import socket
 import time
-from typing import Callable, Dict, Iterator, List
+from typing import Callable
+from collections.abc import Iterator
 
 import pytest
 
@@ -116,7 +117,7 @@ def _supervise(workdir: str, config_path: str) -> None:
 
 
 class Running:
-    def __init__(self, tmp_path, notify_env: Dict[str, str]) -> None:
+    def __init__(self, tmp_path, notify_env: dict[str, str]) -> None:
         self.workdir = str(tmp_path)
         self.config_path = os.path.join(self.workdir, "config.yml")
         with open(self.config_path, "w") as f:
@@ -138,7 +139,7 @@ class Running:
     def pid(self) -> int:
         return int(self.process.pid)
 
-    def children(self) -> Dict[str, int]:
+    def children(self) -> dict[str, int]:
         return child_pids(self.pid)
 
     def health(self) -> dict:
@@ -149,7 +150,7 @@ class Running:
         with open(os.path.join(self.workdir, "collector-last")) as f:
             return int(f.read())
 
-    def spooled(self) -> List[int]:
+    def spooled(self) -> list[int]:
         with open(os.path.join(self.workdir, "spool")) as f:
             return [int(line) for line in f]
 
@@ -209,10 +210,10 @@ def test_acknowledging_exporter_killed_loses_no_reading(daemon: Running) -> None
     for _ in range(2):
         victim = daemon.children()["rctmon: influxdb"]
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: daemon.children().get("rctmon: influxdb") not in (None, victim), 5,
+        wait_for(lambda victim=victim: daemon.children().get("rctmon: influxdb") not in (None, victim), 5,
                  message="a new exporter")
         mark = daemon.collector_last()
-        wait_for(lambda: daemon.collector_last() > mark + 100, 10, message="more readings")
+        wait_for(lambda mark=mark: daemon.collector_last() > mark + 100, 10, message="more readings")
     os.kill(daemon.pid, signal.SIGTERM)
     daemon.process.join(10)
     assert daemon.process.exitcode == 0
@@ -232,7 +233,7 @@ def test_sigterm_exits_zero_within_10s_without_orphans(daemon: Running) -> None:
     assert daemon.process.exitcode == 0
     assert time.monotonic() - start < 10
     for pid in children:
-        wait_for(lambda: pid_gone(pid), 2, message=f"child {pid} gone")
+        wait_for(lambda pid=pid: pid_gone(pid), 2, message=f"child {pid} gone")
 
 
 @pytest.mark.timeout(30)
@@ -241,7 +242,7 @@ def test_children_die_with_a_killed_supervisor(daemon: Running) -> None:
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.process.join(5)
     for pid in children:
-        wait_for(lambda: pid_gone(pid), 5, message=f"child {pid} gone after the supervisor was killed")
+        wait_for(lambda pid=pid: pid_gone(pid), 5, message=f"child {pid} gone after the supervisor was killed")
 
 
 @pytest.mark.timeout(30)
@@ -269,8 +270,8 @@ def test_sighup_with_valid_config_restarts_children_without_counting(daemon: Run
     assert all(p["restarts"] == 0 for p in daemon.health()["processes"].values())
 
 
-def _receive_until(sock: socket.socket, want: str, timeout: float) -> List[str]:
-    got: List[str] = []
+def _receive_until(sock: socket.socket, want: str, timeout: float) -> list[str]:
+    got: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -18,7 +18,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,26 +27,26 @@ from support import free_port, require_binary, stop_process, wait_for
 #: Flags that make what was just written visible to queries at once (this is version 1.79).
 QUERY_NOW_FLAGS = ("-search.latencyOffset=0s", "-search.disableCache")
 
-Sample = Tuple[str, Tuple[Tuple[str, str], ...], int, float]  # (series name, sorted labels, ms timestamp, value)
+Sample = tuple[str, tuple[tuple[str, str], ...], int, float]  # (series name, sorted labels, ms timestamp, value)
 
 
 class VictoriaMetrics:
     """One victoria-metrics process on 127.0.0.1 with its own data directory."""
 
-    def __init__(self, binary: Optional[str] = None, data_dir: Optional[str] = None, port: int = 0) -> None:
+    def __init__(self, binary: str | None = None, data_dir: str | None = None, port: int = 0) -> None:
         self.binary = binary or require_binary("victoria-metrics")
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="rctmon-vm-")
         os.makedirs(self.data_dir, exist_ok=True)
         self.port = port or free_port()
-        self.proc: Optional["subprocess.Popen[bytes]"] = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = os.path.join(self.data_dir, "victoria-metrics.log")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "VictoriaMetrics":
+    def start(self, timeout: float = 20.0) -> VictoriaMetrics:
         """Start the server (again) and wait until it answers /health."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         log = open(self.log_path, "ab")
@@ -88,7 +88,7 @@ class VictoriaMetrics:
         except OSError:
             return ""
 
-    def _get(self, path: str, params: Dict[str, str], timeout: float = 30.0) -> bytes:
+    def _get(self, path: str, params: dict[str, str], timeout: float = 30.0) -> bytes:
         query = urllib.parse.urlencode(params)
         with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=timeout) as answer:
             return answer.read()
@@ -111,7 +111,7 @@ class VictoriaMetrics:
             for ts, value in zip(item["timestamps"], item["values"]):
                 yield name, labels, int(ts), float(value)
 
-    def samples(self, match: str = '{__name__=~".+"}') -> List[Sample]:
+    def samples(self, match: str = '{__name__=~".+"}') -> list[Sample]:
         return list(self.export(match))
 
     def count(self, match: str = '{__name__=~".+"}') -> int:

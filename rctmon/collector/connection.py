@@ -12,7 +12,8 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable
+from collections.abc import Iterable
 
 from rctclient.frame import make_frame
 from rctclient.registry import REGISTRY
@@ -57,7 +58,7 @@ class ReadOnlyLink:
     def __init__(self, write: Callable[[bytes], None], stats: CollectorStats) -> None:
         self._write = write
         self._stats = stats
-        self._cache: Dict[int, bytes] = {}
+        self._cache: dict[int, bytes] = {}
 
     def _frame(self, object_id: int) -> bytes:
         # checked before the cache: 2509844671.0 == 2509844671 would find a cached frame
@@ -88,7 +89,7 @@ class ReadOnlyLink:
         return len(frames)
 
 
-FramesHandler = Callable[[List[Frame], int], None]
+FramesHandler = Callable[[list[Frame], int], None]
 
 
 def _name(object_id: int) -> str:
@@ -101,13 +102,13 @@ def _name(object_id: int) -> str:
 class InverterConnection(asyncio.Protocol):
     """asyncio protocol of the inverter connection: feeds received bytes to the framer, hands on valid answers."""
 
-    def __init__(self, stats: CollectorStats, on_frames: Optional[FramesHandler] = None) -> None:
+    def __init__(self, stats: CollectorStats, on_frames: FramesHandler | None = None) -> None:
         self._stats = stats
         self.on_frames = on_frames
         self._framer = Framer(stats.decode_errors)
-        self._transport: Optional[asyncio.Transport] = None
-        self.link: Optional[ReadOnlyLink] = None
-        self.closed: "asyncio.Future[LinkDown]" = asyncio.get_running_loop().create_future()
+        self._transport: asyncio.Transport | None = None
+        self.link: ReadOnlyLink | None = None
+        self.closed: asyncio.Future[LinkDown] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -133,12 +134,12 @@ class InverterConnection(asyncio.Protocol):
         if self.on_frames is not None:
             self.on_frames(frames, arrived_ns)
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             reason = describe(exc) if exc is not None else "connection closed by the inverter"
             self.closed.set_result(ConnectionClosed(reason))
 
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> bool | None:
         return False  # close our side too
 
     def close(self) -> None:
@@ -150,7 +151,7 @@ class InverterConnection(asyncio.Protocol):
 
 
 async def open_connection(host: str, port: int, timeout: float, stats: CollectorStats,
-                          on_frames: Optional[FramesHandler] = None) -> InverterConnection:
+                          on_frames: FramesHandler | None = None) -> InverterConnection:
     """Connect to the inverter; raise LinkDown (an OSError) with a short reason when that fails."""
     loop = asyncio.get_running_loop()
     try:

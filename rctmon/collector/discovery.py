@@ -8,7 +8,7 @@ turns the answers into the record that decides which catalog series are polled.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
 
 from rctclient.registry import REGISTRY
 
@@ -18,9 +18,9 @@ from rctmon.inventory import ALL_OBJECTS, IDENTITY_OBJECTS, NAME_OBJECT, PRESENC
 log = logging.getLogger("rctmon.collector.discovery")
 
 NAME_ID: int = REGISTRY.get_by_name(NAME_OBJECT).object_id
-DETAIL_IDS: Tuple[int, ...] = tuple(REGISTRY.get_by_name(n).object_id for n in IDENTITY_OBJECTS + PRESENCE_OBJECTS)
+DETAIL_IDS: tuple[int, ...] = tuple(REGISTRY.get_by_name(n).object_id for n in IDENTITY_OBJECTS + PRESENCE_OBJECTS)
 NAMES_BY_ID: Mapping[int, str] = {REGISTRY.get_by_name(n).object_id: n for n in ALL_OBJECTS}
-INVENTORY_IDS: Tuple[int, ...] = (NAME_ID,) + DETAIL_IDS
+INVENTORY_IDS: tuple[int, ...] = (NAME_ID,) + DETAIL_IDS
 
 
 class NoAnswer(Exception):
@@ -37,13 +37,13 @@ def inventory_from_ids(values: Mapping[int, object]) -> Inventory:
 DETAIL_ROUNDS = 3
 
 
-async def discover(poller: Poller, name_rounds: Optional[int] = None) -> Inventory:
+async def discover(poller: Poller, name_rounds: int | None = None) -> Inventory:
     """Read the name until it answers (at most `name_rounds` rounds; None: until cancelled), then the rest.
 
     Each round asks with the poller's timeout and retries. Without a bound, the caller's silence watchdog ends a
     connection on which the inverter never answers.
     """
-    values: Dict[int, object] = {}
+    values: dict[int, object] = {}
     rounds = 0
     while NAME_ID not in values:
         if name_rounds is not None and rounds >= name_rounds:

@@ -21,7 +21,8 @@ import binascii
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Container, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Union
+from collections.abc import Container, Mapping
 
 from rctclient.registry import REGISTRY
 from rctclient.types import Command, DataType
@@ -54,21 +55,21 @@ BAD_PAYLOAD = "bad_payload"  # an answer whose payload does not decode as the ob
 ABSURD_VALUE = "absurd_value"  # NaN, infinity or an impossible magnitude
 
 #: Noise the vendor's app sends that has no frame structure at all, recognised around its start byte.
-_NOISE_SIGNATURES: Tuple[Tuple[bytes, str], ...] = ((b"AT+\r", NOT_RESPONSE),)
+_NOISE_SIGNATURES: tuple[tuple[bytes, str], ...] = ((b"AT+\r", NOT_RESPONSE),)
 
 
 @dataclass(frozen=True)
 class _CommandInfo:
     long: bool  # two-byte length field
     plant: bool  # four-byte address before the object id
-    reject: Optional[str]  # error kind for a valid frame of this command; None: an answer we take
+    reject: str | None  # error kind for a valid frame of this command; None: an answer we take
     parsable: bool = True  # False: no known layout after the command byte (extension commands)
 
 
-def _command_table() -> Dict[int, _CommandInfo]:
+def _command_table() -> dict[int, _CommandInfo]:
     """Describe every command byte rctclient knows; bytes absent from the table cannot start a frame."""
     answers = (Command.RESPONSE, Command.LONG_RESPONSE)
-    table: Dict[int, _CommandInfo] = {}
+    table: dict[int, _CommandInfo] = {}
     for command in Command:
         if command is Command._NONE:
             continue
@@ -84,7 +85,7 @@ _COMMANDS = _command_table()
 RESPONSE_TYPES: Mapping[int, DataType] = {info.object_id: info.response_data_type for info in REGISTRY.all()}
 
 
-def crc16(data: Union[bytes, bytearray]) -> int:
+def crc16(data: bytes | bytearray) -> int:
     """Return rctclient's CRC16 of `data` (odd lengths padded with a zero byte), computed in C."""
     if len(data) & 1:
         return binascii.crc_hqx(bytes(data) + b"\x00", _CRC_INIT)
@@ -99,7 +100,7 @@ class _Broken(Exception):
     """An unescaped start byte sits where the frame should continue."""
 
 
-def _take(buf: bytearray, pos: int, count: int) -> Tuple[bytes, int]:
+def _take(buf: bytearray, pos: int, count: int) -> tuple[bytes, int]:
     """Return `count` unescaped bytes read from `buf` at `pos`, and the position after them.
 
     Raises _Incomplete when the buffer runs out first and _Broken at an unescaped start byte.
@@ -141,7 +142,7 @@ def _take(buf: bytearray, pos: int, count: int) -> Tuple[bytes, int]:
 _PARTIAL = "partial"
 
 
-def _noise_at(buf: bytearray, start: int, floor: int) -> Optional[Tuple[str, int, int]]:
+def _noise_at(buf: bytearray, start: int, floor: int) -> tuple[str, int, int] | None:
     """Return (kind, begin, end) when the start byte at `start` belongs to known non-frame noise such as `AT+\\r`.
 
     The kind is _PARTIAL when the buffer ends inside the noise: its bytes are kept until the rest arrives.
@@ -169,7 +170,7 @@ def _noise_head(buf: bytearray, floor: int) -> int:
 
 #: Outcomes of parsing at one start byte.
 _OK, _REJECT, _INCOMPLETE, _NO_FRAME = range(4)
-Frame = Tuple[int, bytes]  # (object id, payload)
+Frame = tuple[int, bytes]  # (object id, payload)
 
 
 class Framer:
@@ -179,8 +180,8 @@ class Framer:
     candidate is given up as soon as a later start byte begins a complete valid answer.
     """
 
-    def __init__(self, errors: Optional[Dict[str, int]] = None, known: Container[int] = RESPONSE_TYPES) -> None:
-        self.errors: Dict[str, int] = errors if errors is not None else {}
+    def __init__(self, errors: dict[str, int] | None = None, known: Container[int] = RESPONSE_TYPES) -> None:
+        self.errors: dict[str, int] = errors if errors is not None else {}
         self._known = known
         self._buf = bytearray()
         self._quiet = False  # skipped bytes belong to a frame already counted as rejected
@@ -199,12 +200,12 @@ class Framer:
             shown = bytes(buf[begin:min(end, begin + _LOG_BYTES)])
             frame_log.debug("skipped %s: %s", kind, shown.hex())
 
-    def feed(self, data: bytes) -> List[Frame]:
+    def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return the answers completed by them, in stream order."""
         self._debug = frame_log.isEnabledFor(logging.DEBUG)
         buf = self._buf
         buf += data
-        frames: List[Frame] = []
+        frames: list[Frame] = []
         pos = 0
         while True:
             start = buf.find(START, pos)
@@ -260,7 +261,7 @@ class Framer:
             self._count(GARBAGE, buf, begin, end)
             self._in_garbage = True
 
-    def _complete_later(self, buf: bytearray, start: int) -> Optional[int]:
+    def _complete_later(self, buf: bytearray, start: int) -> int | None:
         """Return the start of a complete valid answer after an incomplete candidate, if there is one.
 
         Without this, garbage that looks like the start of a long frame would hold back the real answers behind it
@@ -273,7 +274,7 @@ class Framer:
             later = buf.find(START, later + 1)
         return None
 
-    def _parse(self, buf: bytearray, start: int) -> Tuple[int, Union[Frame, str, None], int]:
+    def _parse(self, buf: bytearray, start: int) -> tuple[int, Frame | str | None, int]:
         """Try to read one frame at `start`: (outcome, frame or error kind, position after the frame)."""
         if start + 1 >= len(buf):
             return _INCOMPLETE, None, start
@@ -323,15 +324,15 @@ def _check_number(value: float) -> bool:
 class Decoder:
     """Decode answer payloads by the object's registry type; count and drop payloads that make no sense."""
 
-    def __init__(self, errors: Optional[Dict[str, int]] = None,
+    def __init__(self, errors: dict[str, int] | None = None,
                  types: Mapping[int, DataType] = RESPONSE_TYPES) -> None:
-        self.errors: Dict[str, int] = errors if errors is not None else {}
+        self.errors: dict[str, int] = errors if errors is not None else {}
         self._types = types
 
     def _count(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    def decode(self, object_id: int, payload: bytes) -> Union[object, Invalid]:
+    def decode(self, object_id: int, payload: bytes) -> object | Invalid:
         """Return the value, or INVALID (counted as bad_payload or absurd_value)."""
         data_type = self._types.get(object_id)
         if data_type is None:

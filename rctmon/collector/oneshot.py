@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Any, Awaitable, Dict, List, Optional, Sequence, TextIO, Tuple, TypeVar
+from typing import Any, TextIO, TypeVar
+from collections.abc import Awaitable, Sequence
 
 from rctclient.registry import REGISTRY
 
@@ -29,7 +30,7 @@ T = TypeVar("T")
 NAME_ROUNDS = 2
 
 #: Prometheus base unit in a metric name -> (unit shown to people, factor from the base unit).
-DISPLAY_UNITS: Tuple[Tuple[str, str, float], ...] = (
+DISPLAY_UNITS: tuple[tuple[str, str, float], ...] = (
     ("_watts", "W", 1.0),
     ("_volts", "V", 1.0),
     ("_amperes", "A", 1.0),
@@ -51,11 +52,11 @@ class _Session:
     def __init__(self, config: Config, wanted: Sequence[int]) -> None:
         self.config = config
         self.stats = CollectorStats()
-        self.values: Dict[int, object] = {}
+        self.values: dict[int, object] = {}
         self._wanted = frozenset(wanted)
         self._decoder = Decoder(self.stats.decode_errors)
-        self.connection: Optional[InverterConnection] = None
-        self.poller: Optional[Poller] = None
+        self.connection: InverterConnection | None = None
+        self.poller: Poller | None = None
 
     async def open(self) -> None:
         device = self.config.device
@@ -67,7 +68,7 @@ class _Session:
         assert self.connection.link is not None
         self.poller = Poller(self.connection.link, Window(device.max_in_flight), self.stats, device.request_timeout)
 
-    def _on_frames(self, frames: List[Frame], arrived_ns: int) -> None:
+    def _on_frames(self, frames: list[Frame], arrived_ns: int) -> None:
         assert self.poller is not None
         now = asyncio.get_running_loop().time()
         self.poller.heard()
@@ -82,7 +83,7 @@ class _Session:
         """Await `work`, unless the connection goes away first."""
         assert self.connection is not None
         task = asyncio.ensure_future(work)
-        waiters: List["asyncio.Future[Any]"] = [task, self.connection.closed]
+        waiters: list[asyncio.Future[Any]] = [task, self.connection.closed]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             task.cancel()
@@ -97,7 +98,7 @@ class _Session:
             self.connection.close()
 
 
-async def _inventory(config: Config) -> Tuple[Inventory, List[Series], _Session]:
+async def _inventory(config: Config) -> tuple[Inventory, list[Series], _Session]:
     session = _Session(config, tuple(INVENTORY_IDS) + tuple(s.object_id for s in SERIES))
     await session.open()
     try:
@@ -181,7 +182,7 @@ def _enable_frame_debug(frame_debug: bool) -> None:
         logging.getLogger("rctmon.frames").setLevel(logging.DEBUG)
 
 
-def inventory_command(config: Config, frame_debug: bool = False, out: Optional[TextIO] = None) -> int:
+def inventory_command(config: Config, frame_debug: bool = False, out: TextIO | None = None) -> int:
     """Print the inventory and the value of every catalog series it enables; 0 on success."""
     _enable_frame_debug(frame_debug)
     out = out or sys.stdout
@@ -202,7 +203,7 @@ def inventory_command(config: Config, frame_debug: bool = False, out: Optional[T
 
 
 def read_command(config: Config, names: Sequence[str], frame_debug: bool = False,
-                 out: Optional[TextIO] = None) -> int:
+                 out: TextIO | None = None) -> int:
     """Read objects by rctclient name and print their values; 0 when every one answered."""
     _enable_frame_debug(frame_debug)
     out = out or sys.stdout

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Dict, FrozenSet, List, Optional, Protocol, Set, Tuple
+from typing import Any, Protocol
 
 from rctmon.catalog import SERIES_BY_ID, Tier, enabled_series
 from rctmon.channel import Channel, ChannelClosed
@@ -29,7 +29,7 @@ log = logging.getLogger("rctmon.collector")
 #: Readings wait at most this long for the rest of their burst before they are sent as one batch.
 FLUSH_DELAY = 0.15
 #: Every object whose answers the collector decodes: catalog series and inventory objects.
-TRACKED_IDS: FrozenSet[int] = frozenset(SERIES_BY_ID) | frozenset(INVENTORY_IDS)
+TRACKED_IDS: frozenset[int] = frozenset(SERIES_BY_ID) | frozenset(INVENTORY_IDS)
 #: How long the process waits at exit for the channel to take its last messages.
 DRAIN_TIMEOUT = 0.5
 
@@ -41,25 +41,25 @@ class Sink(Protocol):
 
     def inventory(self, inventory: Inventory) -> None: ...
 
-    def readings(self, readings: Tuple[Reading, ...]) -> None: ...
+    def readings(self, readings: tuple[Reading, ...]) -> None: ...
 
 
 class Collector:
     """Connect, discover, poll by tier, batch readings; reconnect with backoff whenever the connection fails."""
 
-    def __init__(self, config: Config, sink: Sink, stats: Optional[CollectorStats] = None,
-                 reconnect_wait: Tuple[float, float] = (RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX)) -> None:
+    def __init__(self, config: Config, sink: Sink, stats: CollectorStats | None = None,
+                 reconnect_wait: tuple[float, float] = (RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX)) -> None:
         self._device = config.device
         self._reconnect_wait = reconnect_wait
         self._sink = sink
         self.stats = stats if stats is not None else CollectorStats()
         self._window = Window(self._device.max_in_flight)  # kept across reconnects: it describes the peer
         self._decoder = Decoder(self.stats.decode_errors)
-        self.inventory: Optional[Inventory] = None
-        self._tiers: Dict[Tier, Tuple[int, ...]] = {}
-        self._pending: List[Reading] = []
-        self._flush_handle: Optional[asyncio.TimerHandle] = None
-        self._up: Optional[bool] = None
+        self.inventory: Inventory | None = None
+        self._tiers: dict[Tier, tuple[int, ...]] = {}
+        self._pending: list[Reading] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._up: bool | None = None
         self._answered = False
 
     @property
@@ -89,7 +89,7 @@ class Collector:
                  asyncio.ensure_future(self._poll_loop(poller, ready)),
                  asyncio.ensure_future(self._watchdog(poller))]
         try:
-            waiters: List["asyncio.Future[Any]"] = [*tasks, connection.closed]
+            waiters: list[asyncio.Future[Any]] = [*tasks, connection.closed]
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             reason = self._why_ended(done, connection)
         finally:
@@ -104,7 +104,7 @@ class Collector:
             raise reason
 
     @staticmethod
-    def _why_ended(done: Set["asyncio.Future[Any]"], connection: InverterConnection) -> LinkDown:
+    def _why_ended(done: set[asyncio.Future[Any]], connection: InverterConnection) -> LinkDown:
         for future in done:
             if future is connection.closed:
                 result = future.result()
@@ -117,7 +117,7 @@ class Collector:
                 raise exc  # a bug: let the process die and the supervisor restart it
         raise RuntimeError("a collector task ended without a reason")
 
-    def _on_frames(self, poller: Poller, frames: List[Frame], arrived_ns: int) -> None:
+    def _on_frames(self, poller: Poller, frames: list[Frame], arrived_ns: int) -> None:
         """Decode answers for tracked objects (wherever they came from: the bridge copies the app's answers too)."""
         now = asyncio.get_running_loop().time()
         poller.heard()
@@ -231,7 +231,7 @@ class ChannelSink:
     def inventory(self, inventory: Inventory) -> None:
         self.send(inventory)
 
-    def readings(self, readings: Tuple[Reading, ...]) -> None:
+    def readings(self, readings: tuple[Reading, ...]) -> None:
         self.send(ReadingBatch(readings))
 
     def _watch(self) -> None:

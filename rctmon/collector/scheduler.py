@@ -16,7 +16,8 @@ import bisect
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
 
 from rctmon.catalog import Series, Tier
 from rctmon.collector.connection import ReadOnlyLink
@@ -75,7 +76,7 @@ class Window:
     def __init__(self, maximum: int) -> None:
         self.maximum = max(1, maximum)
         self.size = self.maximum
-        self.ceiling: Optional[int] = None  # smallest size that lost requests since the last successful probe
+        self.ceiling: int | None = None  # smallest size that lost requests since the last successful probe
         self.patience = self.PATIENCE
         self.floor = 1
         self.recheck = self.RECHECK
@@ -198,7 +199,7 @@ class _Ask(NamedTuple):
     """A queued request."""
 
     attempt: int
-    first_sent: Optional[float]  # None until the first attempt is sent
+    first_sent: float | None  # None until the first attempt is sent
     measurable: bool  # the first attempt, or one after the last gave up waiting for the longest timeout (Karn)
 
 
@@ -209,9 +210,9 @@ class _Read:
     """A caller waiting for a set of objects to be answered (or given up)."""
 
     def __init__(self, object_ids: Iterable[int], loop: asyncio.AbstractEventLoop) -> None:
-        self.remaining: Set[int] = set(object_ids)
-        self.values: Dict[int, object] = {}
-        self.future: "asyncio.Future[Dict[int, object]]" = loop.create_future()
+        self.remaining: set[int] = set(object_ids)
+        self.values: dict[int, object] = {}
+        self.future: asyncio.Future[dict[int, object]] = loop.create_future()
 
     def settle(self, object_id: int, value: object) -> bool:
         """Record an outcome; return True when the read is complete."""
@@ -253,7 +254,7 @@ class Poller:
     """
 
     def __init__(self, link: ReadOnlyLink, window: Window, stats: CollectorStats, request_timeout: float,
-                 max_attempts: int = MAX_ATTEMPTS, on_idle: Optional[Callable[[], None]] = None) -> None:
+                 max_attempts: int = MAX_ATTEMPTS, on_idle: Callable[[], None] | None = None) -> None:
         self._link = link
         self._window = window
         self._stats = stats
@@ -261,22 +262,22 @@ class Poller:
         self._max_attempts = max_attempts
         self._on_idle = on_idle
         self._loop = asyncio.get_running_loop()
-        self._queue: Deque[int] = deque()
-        self._queued: Dict[int, _Ask] = {}
-        self._parked: Dict[int, float] = {}  # given up once, to be asked once more: object id -> first sent
-        self._in_flight: Dict[int, _InFlight] = {}  # in sending order
-        self._reads: List[_Read] = []
-        self._timer: Optional[asyncio.TimerHandle] = None
+        self._queue: deque[int] = deque()
+        self._queued: dict[int, _Ask] = {}
+        self._parked: dict[int, float] = {}  # given up once, to be asked once more: object id -> first sent
+        self._in_flight: dict[int, _InFlight] = {}  # in sending order
+        self._reads: list[_Read] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._last_progress = float("-inf")
         self._seq = 0
         self._times = ResponseTimes(stats)
-        self._srtt: Optional[float] = None  # smoothed round trip of first attempts
+        self._srtt: float | None = None  # smoothed round trip of first attempts
         self._rttvar = 0.0
         self._backoff = 1.0  # doubles on silence and on late answers, until a first attempt is answered
         self._last_expiry = float("-inf")
         self._silent_expiries = 0  # timeouts in a row with no answer between
-        self._answered_again: Dict[int, float] = {}  # object id -> when a request asked again was answered
-        self.waiting_since: Optional[float] = None  # first request sent since the last answer
+        self._answered_again: dict[int, float] = {}  # object id -> when a request asked again was answered
+        self.waiting_since: float | None = None  # first request sent since the last answer
         self.given_up = 0
         self._closed = False
 
@@ -308,7 +309,7 @@ class Poller:
             self._parked.pop(object_id, None)  # its turn came: asked afresh
         self._pump()
 
-    async def read(self, object_ids: Sequence[int]) -> Dict[int, object]:
+    async def read(self, object_ids: Sequence[int]) -> dict[int, object]:
         """Ask for objects ahead of the regular polls; return the values of those answered before being given up."""
         pending = _Read(object_ids, self._loop)
         if not pending.remaining:
@@ -347,7 +348,7 @@ class Poller:
         else:
             self._answered_again[object_id] = now
         self._window.success(request.lone)
-        lost: List[Tuple[int, _InFlight]] = []
+        lost: list[tuple[int, _InFlight]] = []
         # with few requests in flight, few later answers can ever come: lower the bar (TCP's early retransmit)
         limit = min(REORDER_LIMIT, max(1, self._window.limit - 1))
         for other_id, other in self._in_flight.items():
@@ -399,7 +400,7 @@ class Poller:
             return
         now = self._loop.time()
         lone = not self._in_flight and (room == 1 or len(self._queue) == 1)
-        batch: List[int] = []
+        batch: list[int] = []
         while room > 0 and self._queue:
             object_id = self._queue.popleft()
             attempt, first_sent, measurable = self._queued.pop(object_id)
@@ -432,7 +433,7 @@ class Poller:
     def _expire(self) -> None:
         self._timer = None
         now = self._loop.time()
-        late: List[Tuple[int, _InFlight]] = []
+        late: list[tuple[int, _InFlight]] = []
         for object_id, request in self._in_flight.items():
             if self._deadline(request) > now:
                 break  # sent later, so due later
@@ -451,13 +452,13 @@ class Poller:
         if self.idle and self._on_idle is not None:
             self._on_idle()
 
-    def _lose(self, lost: List[Tuple[int, _InFlight]], now: float, timed_out: bool = False,
+    def _lose(self, lost: list[tuple[int, _InFlight]], now: float, timed_out: bool = False,
               waited_longest: bool = False) -> None:
         """Take lost requests out of flight: ask them again first, or give them up after `max_attempts`.
 
         `waited_longest`: they timed out after the full `request_timeout`, so an answer to the next attempt is one.
         """
-        retry: List[int] = []
+        retry: list[int] = []
         cut = self._window.timeout if timed_out else self._window.loss
         for object_id, request in lost:
             del self._in_flight[object_id]
@@ -482,9 +483,9 @@ class TierClock:
 
     def __init__(self, intervals: Intervals, now: float) -> None:
         self._intervals: Mapping[Tier, float] = {tier: float(getattr(intervals, tier.value)) for tier in Tier}
-        self._next: Dict[Tier, float] = {tier: now for tier in Tier}
+        self._next: dict[Tier, float] = {tier: now for tier in Tier}
 
-    def due(self, now: float) -> List[Tier]:
+    def due(self, now: float) -> list[Tier]:
         """Return the tiers due now (in declaration order: fast first) and schedule their next turn."""
         tiers = [tier for tier in Tier if self._next[tier] <= now]
         for tier in tiers:
@@ -495,9 +496,9 @@ class TierClock:
         return min(self._next.values())
 
 
-def ids_by_tier(series: Iterable[Series]) -> Dict[Tier, Tuple[int, ...]]:
+def ids_by_tier(series: Iterable[Series]) -> dict[Tier, tuple[int, ...]]:
     """Group series' object ids by tier, keeping catalog order."""
-    groups: Dict[Tier, List[int]] = {tier: [] for tier in Tier}
+    groups: dict[Tier, list[int]] = {tier: [] for tier in Tier}
     for s in series:
         groups[s.tier].append(s.object_id)
     return {tier: tuple(ids) for tier, ids in groups.items()}

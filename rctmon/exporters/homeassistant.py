@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional
+from typing import Any, Callable
+from collections.abc import Mapping
 
 from rctmon import __version__
 from rctmon.catalog import Kind, Series, Tier, enabled_series
@@ -34,8 +35,8 @@ class DeviceKind:
     name: str  # "{name}": the inverter's name, "{v}": the axis value (module number)
     model: str
     id_suffix: str  # appended to the inverter's identifier; "" for the inverter itself
-    serial_object: Optional[str] = None  # catalog row (object name) whose value is the device's serial number
-    version_object: Optional[str] = None  # catalog row (object name) whose value is the device's software version
+    serial_object: str | None = None  # catalog row (object name) whose value is the device's serial number
+    version_object: str | None = None  # catalog row (object name) whose value is the device's software version
 
 
 DEVICES: Mapping[str, DeviceKind] = {
@@ -71,7 +72,7 @@ PLACEMENTS: Mapping[str, Placement] = {
 }
 
 #: How an axis value enters an entity name; modules need none because each module is its own device.
-AXIS_NAMES: Mapping[Optional[str], str] = {
+AXIS_NAMES: Mapping[str | None, str] = {
     None: "{field}",
     "generator": "generator {V} {field}",
     "phase": "phase {v} {field}",
@@ -92,7 +93,7 @@ def node_id(inventory: Inventory) -> str:
     return "rctmon_" + safe_id(inventory.serial or inventory.name or "inverter")
 
 
-def axis_value(series: Series) -> Optional[str]:
+def axis_value(series: Series) -> str | None:
     """Return the series' axis label value ("a", "1", ...) or None when its row has no axis."""
     axis = series.row.axis
     return dict(series.labels)[axis.label] if axis else None
@@ -116,7 +117,7 @@ def entity_name(series: Series) -> str:
     return name[:1].upper() + name[1:]
 
 
-def device(series: Series, inventory: Inventory, details: Mapping[str, object]) -> Dict[str, Any]:
+def device(series: Series, inventory: Inventory, details: Mapping[str, object]) -> dict[str, Any]:
     """Return the `device` block for the device the series belongs to.
 
     `details` maps catalog object names to their latest values; module serial numbers and the Power Switch's
@@ -126,7 +127,7 @@ def device(series: Series, inventory: Inventory, details: Mapping[str, object]) 
     kind = DEVICES[placement.device]
     base = node_id(inventory)
     v = axis_value(series) or ""
-    info: Dict[str, Any] = {
+    info: dict[str, Any] = {
         "identifiers": [base + kind.id_suffix.format(v=v)],
         "name": kind.name.format(name=inventory.name or "RCT Power inverter", v=v),
         "manufacturer": MANUFACTURER,
@@ -145,10 +146,10 @@ def device(series: Series, inventory: Inventory, details: Mapping[str, object]) 
 
 
 def sensor_config(series: Series, inventory: Inventory, state_topic: str, availability_topic: str,
-                  intervals: Mapping[Tier, float], details: Mapping[str, object]) -> Dict[str, Any]:
+                  intervals: Mapping[Tier, float], details: Mapping[str, object]) -> dict[str, Any]:
     """Return the discovery payload of one series as a dict (see docs/mqtt.md for an example)."""
     row, nid = series.row, node_id(inventory)
-    config: Dict[str, Any] = {
+    config: dict[str, Any] = {
         "name": entity_name(series),
         "unique_id": f"{nid}_{object_id(series)}",
         "state_topic": state_topic,
@@ -174,10 +175,10 @@ def sensor_config(series: Series, inventory: Inventory, state_topic: str, availa
 
 def discovery_configs(inventory: Inventory, discovery_prefix: str, state_topic: Callable[[Series], str],
                       availability_topic: str, intervals: Mapping[Tier, float],
-                      details: Mapping[str, object]) -> Dict[str, str]:
+                      details: Mapping[str, object]) -> dict[str, str]:
     """Return {config topic: JSON payload} for every series this inverter has."""
     nid = node_id(inventory)
-    configs: Dict[str, str] = {}
+    configs: dict[str, str] = {}
     for series in enabled_series(inventory):
         topic = f"{discovery_prefix}/sensor/{nid}/{object_id(series)}/config"
         payload = sensor_config(series, inventory, state_topic(series), availability_topic, intervals, details)
@@ -186,7 +187,7 @@ def discovery_configs(inventory: Inventory, discovery_prefix: str, state_topic: 
 
 
 #: Catalog rows whose values enter device blocks: a new value of theirs changes discovery payloads.
-DETAIL_ROWS: FrozenSet[str] = frozenset(
+DETAIL_ROWS: frozenset[str] = frozenset(
     obj for kind in DEVICES.values() for obj in (kind.serial_object, kind.version_object) if obj)
 
 

@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
@@ -44,7 +44,7 @@ LANDING_PAGE = f"""<!DOCTYPE html>
 <p><a href="/metrics">Metrics</a></p>
 </body>
 </html>
-""".encode("utf-8")
+""".encode()
 
 
 @dataclass
@@ -52,7 +52,7 @@ class _Rendered:
     body: bytes
     at: float  # monotonic time of rendering
     generation: int  # data generation it shows
-    gzipped: Optional[bytes] = None
+    gzipped: bytes | None = None
 
 
 class ExpositionCache:
@@ -72,15 +72,15 @@ class ExpositionCache:
         self._max_age = max_age
         self._render_lock = threading.Lock()
         self._gzip_lock = threading.Lock()
-        self._by_type: Dict[str, _Rendered] = {}
+        self._by_type: dict[str, _Rendered] = {}
 
-    def _usable(self, rendered: Optional[_Rendered]) -> bool:
+    def _usable(self, rendered: _Rendered | None) -> bool:
         if rendered is None:
             return False
         age = time.monotonic() - rendered.at
         return age < self._min_age or (age < self._max_age and rendered.generation == self._generation())
 
-    def get(self, accept: str, want_gzip: bool) -> Tuple[bytes, str]:
+    def get(self, accept: str, want_gzip: bool) -> tuple[bytes, str]:
         """Return (body, content type) in the format the Accept header negotiates, gzipped if asked."""
         encoder, content_type = choose_encoder(accept)
         rendered = self._by_type.get(content_type)
@@ -130,7 +130,7 @@ class BasicAuth:
     username: bytes
     password: bytes
 
-    def allows(self, header: Optional[str]) -> bool:
+    def allows(self, header: str | None) -> bool:
         """Return whether an Authorization header carries exactly this user and password."""
         if not header or not header[:6].lower() == "basic ":
             return False
@@ -145,14 +145,14 @@ class BasicAuth:
         return bool(sep) and user_ok and password_ok
 
 
-def basic_auth(config: PrometheusConfig) -> Optional[BasicAuth]:
+def basic_auth(config: PrometheusConfig) -> BasicAuth | None:
     """Return the configured credentials, or None when the endpoint is open (neither user nor password set)."""
     if not (config.basic_auth_username or config.basic_auth_password):
         return None
     return BasicAuth(config.basic_auth_username.encode("utf-8"), config.basic_auth_password.encode("utf-8"))
 
 
-def tls_context(config: PrometheusConfig) -> Optional[ssl.SSLContext]:
+def tls_context(config: PrometheusConfig) -> ssl.SSLContext | None:
     """Return a server TLS context from the configured certificate and key, or None for plain HTTP."""
     if not config.tls_cert_file:
         return None
@@ -173,8 +173,8 @@ class EndpointServer(HttpServer):
     per connection (rctmon.exporters.httpserver); `serve_forever` runs until `shutdown`.
     """
 
-    def __init__(self, listen_socket: socket.socket, cache: ExpositionCache, auth: Optional[BasicAuth] = None,
-                 tls: Optional[ssl.SSLContext] = None, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, listen_socket: socket.socket, cache: ExpositionCache, auth: BasicAuth | None = None,
+                 tls: ssl.SSLContext | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__(listen_socket, self.answer, tls=tls, server_name=f"rctmon/{__version__}", limits=limits)
         self.cache = cache
         self.auth = auth
@@ -237,7 +237,7 @@ class EndpointServer(HttpServer):
 
 
 _CHALLENGE = 'Basic realm="rctmon", charset="UTF-8"'
-_ROUTES: Dict[str, Callable[[EndpointServer, Request], Response]] = {
+_ROUTES: dict[str, Callable[[EndpointServer, Request], Response]] = {
     "/metrics": EndpointServer._metrics,
     "/": EndpointServer._landing,
 }

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable
 
 log = logging.getLogger("rctmon.prometheus.http")
 
@@ -80,8 +80,8 @@ class Request:
 
     method: str
     target: str
-    version: Tuple[int, int]
-    headers: Dict[str, str]
+    version: tuple[int, int]
+    headers: dict[str, str]
     keep_alive: bool  # whether the connection may carry another request after this one's response
 
     @property
@@ -97,7 +97,7 @@ class Response:
     status: int
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
-    headers: Tuple[Tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 App = Callable[[Request], Response]
@@ -133,10 +133,10 @@ class RequestReader:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
-    def take(self) -> Optional[Request]:
+    def take(self) -> Request | None:
         """Return the next complete request, None if its head is incomplete; raise HttpError if it is unacceptable."""
         buf = self._buf
-        if self._scanned == 0 and buf[:1] in (b"\r", b"\n"):
+        if self._scanned == 0 and bytes(buf[:1]) in (b"\r", b"\n"):
             # RFC 9112 2.2: empty lines before a request line are to be ignored (some clients end a body with one).
             del buf[:len(buf) - len(buf.lstrip(b"\r\n"))]
         start = max(0, self._scanned - 2)
@@ -171,7 +171,7 @@ def parse_head(head: bytes, max_headers: int) -> Request:
         raise HttpError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"HTTP/{version[0]}.{version[1]}")
     if len(lines) - 1 > max_headers:
         raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {max_headers} headers")
-    headers: Dict[str, str] = {}
+    headers: dict[str, str] = {}
     for raw in lines[1:]:
         line = raw.rstrip("\r")
         name, colon, value = line.partition(":")
@@ -225,7 +225,7 @@ class HttpServer:
     `serve_forever()` runs the loop in the calling thread until `shutdown()` is called from another one.
     """
 
-    def __init__(self, listen_socket: socket.socket, app: App, tls: Optional[ssl.SSLContext] = None,
+    def __init__(self, listen_socket: socket.socket, app: App, tls: ssl.SSLContext | None = None,
                  server_name: str = "rctmon", limits: Limits = DEFAULT_LIMITS) -> None:
         self.socket = listen_socket
         self.tls = tls
@@ -238,9 +238,9 @@ class HttpServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._connections: Dict[int, _Connection] = {}
+        self._connections: dict[int, _Connection] = {}
         self._listening = False
-        self._resume_accept_at: Optional[float] = None  # after running out of file descriptors
+        self._resume_accept_at: float | None = None  # after running out of file descriptors
         self._lock = threading.Lock()
         self._shutdown_requested = False
         self._serving = False
@@ -267,7 +267,7 @@ class HttpServer:
             self._selector.unregister(self._wake_r)
             self._done.set()
 
-    def shutdown(self, timeout: Optional[float] = None) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
         """Make `serve_forever()` return, and wait until it has (unless it never ran)."""
         with self._lock:
             self._shutdown_requested = True
@@ -319,7 +319,7 @@ class HttpServer:
             log.exception("serving %s failed", connection.peer)
             self._close(connection)
 
-    def _timeout(self) -> Optional[float]:
+    def _timeout(self) -> float | None:
         """Return seconds until the nearest deadline, or None (wait for events only) when there is none."""
         deadlines = [c.deadline for c in self._connections.values()]  # at most max_connections: a scan is cheap
         if self._resume_accept_at is not None:
@@ -495,7 +495,7 @@ class HttpServer:
 
     # --- answers ----------------------------------------------------------------------------------------------------
 
-    def _respond(self, request: Request, peer: object) -> Tuple[bytes, bool]:
+    def _respond(self, request: Request, peer: object) -> tuple[bytes, bool]:
         """Return the response's bytes and whether the connection stays open for another request."""
         keep_alive = request.keep_alive
         if request.method not in _METHODS:
@@ -512,11 +512,11 @@ class HttpServer:
         return self._serialize(response, keep_alive, request.version, request.method != "HEAD"), keep_alive
 
     def _error_response(self, error: HttpError) -> bytes:
-        body = f"{error.status.phrase}: {error.detail}\n".encode("utf-8")
+        body = f"{error.status.phrase}: {error.detail}\n".encode()
         return self._serialize(Response(error.status, body), keep_alive=False, version=(1, 1), send_body=True)
 
-    def _serialize(self, response: Response, keep_alive: bool, version: Tuple[int, int], send_body: bool) -> bytes:
-        lines: List[str] = [
+    def _serialize(self, response: Response, keep_alive: bool, version: tuple[int, int], send_body: bool) -> bytes:
+        lines: list[str] = [
             f"HTTP/1.1 {int(response.status)} {HTTPStatus(response.status).phrase}",
             f"Server: {self._server_name}",
             f"Date: {self._http_date()}",

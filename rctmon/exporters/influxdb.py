@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from typing import Callable, List, Optional, Sequence
+from typing import Callable
+from collections.abc import Sequence
 
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config
@@ -41,15 +42,15 @@ MAX_READINGS_PER_COMMIT = 20000  # a long replay is committed (and acknowledged)
 class Receiver:
     """The main thread's work: turn batches into spooled points (or held readings) and track what to ack."""
 
-    def __init__(self, spool: Spool, stats: StatsBox, on_spooled: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, spool: Spool, stats: StatsBox, on_spooled: Callable[[], None] | None = None) -> None:
         """`on_spooled` runs after every commit that added points: the drain thread sleeps until told (it does
         not poll an empty spool)."""
         self.spool = spool
         self.stats = stats
         self._on_spooled = on_spooled
-        self.encoder: Optional[LineEncoder] = None
+        self.encoder: LineEncoder | None = None
         self.acked = 0  # highest seq made durable
-        self._pending: List[ReadingBatch] = []
+        self._pending: list[ReadingBatch] = []
         self._pending_readings = 0
 
     def add(self, batch: ReadingBatch) -> None:

@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Set, Tuple
+from typing import Any, Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential, wait_random
 
@@ -47,7 +47,7 @@ SLOW_RETRY = 30.0  # seconds between attempts while InfluxDB refuses the token, 
 RETRY_AFTER_MAX = 600.0  # a Retry-After beyond this is not believed
 REJECT_LOG_INTERVAL = 60.0  # at most one log line per minute about dropped lines (each is counted)
 
-Rows = List[Tuple[int, bytes]]
+Rows = list[tuple[int, bytes]]
 #: What the exporter reports as its state (the systemd status shows it) for each kind of failed write.
 STATE_OF_KIND = {"connection": "unreachable", "timeout": "timeout", "server": "server_error",
                  "rate_limited": "rate_limited", "unauthorized": "unauthorized", "forbidden": "forbidden",
@@ -57,7 +57,7 @@ STATE_OF_KIND = {"connection": "unreachable", "timeout": "timeout", "server": "s
 class WriteFailure(Exception):
     """A write InfluxDB did not accept; `kind` labels rctmon_influxdb_write_errors_total."""
 
-    def __init__(self, kind: str, detail: str, status: int = 0, retry_after: Optional[float] = None) -> None:
+    def __init__(self, kind: str, detail: str, status: int = 0, retry_after: float | None = None) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
@@ -81,7 +81,7 @@ class _Stopping(Exception):
     """The exporter is stopping; abandon the write (the points stay in the spool)."""
 
 
-def _retry_after(value: Any) -> Optional[float]:
+def _retry_after(value: Any) -> float | None:
     """Parse a Retry-After header (seconds or an HTTP date) into seconds from now."""
     if value is None:
         return None
@@ -138,7 +138,7 @@ class InfluxSender:
 
     def __init__(self, config: InfluxDBConfig) -> None:
         # Imported here, in the child, so that the supervisor never loads influxdb-client.
-        from influxdb_client import InfluxDBClient, WritePrecision
+        from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-defined]
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self._bucket = config.bucket
@@ -160,7 +160,7 @@ class InfluxSender:
 
     def close(self) -> None:
         try:
-            self._client.close()
+            self._client.close()  # type: ignore[no-untyped-call]
         except Exception:  # noqa: BLE001 - closing an idle pool cannot matter
             pass
 
@@ -213,7 +213,7 @@ class Drainer:
     """The thread that drains the spool into InfluxDB."""
 
     def __init__(self, spool: Spool, sender: Callable[[], Any], config: InfluxDBConfig, stats: StatsBox,
-                 slow_retry: Optional[float] = None) -> None:
+                 slow_retry: float | None = None) -> None:
         """`sender` makes the object whose send(body) writes; it runs in the thread, so that importing
         influxdb-client (a quarter of a second) does not delay the child's Started and first Ack."""
         self.spool = spool
@@ -235,9 +235,9 @@ class Drainer:
         self._backoff = wait_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX) + wait_random(
             0, BACKOFF_JITTER)
         # one "episode" runs from the first failed write to the next accepted one
-        self._failing_since: Optional[float] = None
+        self._failing_since: float | None = None
         self._failed_attempts = 0
-        self._logged: Set[str] = set()
+        self._logged: set[str] = set()
         self._last_reject_log = 0.0
         self._rejects_unlogged = 0
         self.healthy = False  # the last write was accepted
@@ -370,7 +370,7 @@ class Drainer:
         self.spool.remove(rows[0][0], rows[-1][0])
         self.stats.written(len(rows))
 
-    def _drop_rejected(self, row: Tuple[int, bytes], exc: WriteFailure) -> None:
+    def _drop_rejected(self, row: tuple[int, bytes], exc: WriteFailure) -> None:
         removed = self.spool.remove(row[0], row[0])
         self.stats.dropped(removed)
         self._rejects_unlogged += removed

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
 
 from rctclient.types import DataType
 
@@ -45,7 +45,7 @@ class FieldType(enum.Enum):
     STRING = "string"
 
 
-def field_type(series: Series) -> Optional[FieldType]:
+def field_type(series: Series) -> FieldType | None:
     """Return the InfluxDB type of a series' field, or None for object types rctmon does not export."""
     data_type = series.data_type
     if data_type is DataType.FLOAT:
@@ -60,7 +60,7 @@ def field_type(series: Series) -> Optional[FieldType]:
     return None
 
 
-def inverter_tag(inventory: Inventory) -> Optional[str]:
+def inverter_tag(inventory: Inventory) -> str | None:
     """Return the `inverter` tag value for an inventory, or None while the name is still unknown.
 
     The name is `android_description`; an inverter without one is tagged with its serial number, and one without
@@ -87,7 +87,7 @@ def _escape_string(text: str) -> str:
     return '"' + text.replace("\n", " ").replace("\r", " ") + '"'
 
 
-def format_value(kind: FieldType, value: object) -> Optional[str]:
+def format_value(kind: FieldType, value: object) -> str | None:
     """Return a converted value as a line-protocol field value, or None if it cannot be one (NaN, absurd, type)."""
     try:
         if kind is FieldType.FLOAT or kind is FieldType.INTEGER:
@@ -121,11 +121,11 @@ class LineEncoder:
 
     def __init__(self, inverter: str) -> None:
         self.inverter = inverter
-        self._templates: Dict[int, Optional[_Template]] = {}
+        self._templates: dict[int, _Template | None] = {}
         self.unknown = 0  # readings of objects the catalog does not export (inventory probes): not points
         self.invalid = 0  # readings whose value cannot be a field (NaN, absurd, wrong type): dropped, counted
 
-    def _template(self, object_id: int) -> Optional[_Template]:
+    def _template(self, object_id: int) -> _Template | None:
         if object_id in self._templates:
             return self._templates[object_id]
         series = SERIES_BY_ID.get(object_id)
@@ -137,7 +137,7 @@ class LineEncoder:
         self._templates[object_id] = template
         return template
 
-    def encode(self, reading: Reading) -> Optional[bytes]:
+    def encode(self, reading: Reading) -> bytes | None:
         """Return the line for one reading, or None (counted in `unknown` or `invalid`)."""
         object_id, raw, timestamp_ns = reading
         template = self._template(object_id)
@@ -148,9 +148,9 @@ class LineEncoder:
         if value is None:
             self.invalid += 1
             return None
-        return template.prefix + f"{value} {int(timestamp_ns)}".encode("utf-8")
+        return template.prefix + f"{value} {int(timestamp_ns)}".encode()
 
-    def encode_all(self, readings: Iterable[Reading]) -> List[bytes]:
+    def encode_all(self, readings: Iterable[Reading]) -> list[bytes]:
         """Return the lines of the readings that make points, in order."""
         lines = []
         for reading in readings:
@@ -191,14 +191,14 @@ class SchemaRow:
     field: str
     type: FieldType
     unit: str
-    tags: Tuple[str, ...]
+    tags: tuple[str, ...]
     present: str  # which part of the installation the field needs
     object_name: str  # the rctclient object ("{}" for the axis index)
 
 
-def schema() -> List[SchemaRow]:
+def schema() -> list[SchemaRow]:
     """Return every field rctmon writes, in catalog order (one entry per catalog row)."""
-    rows: List[SchemaRow] = []
+    rows: list[SchemaRow] = []
     seen = set()
     for series in SERIES_BY_ID.values():
         row = series.row

@@ -26,7 +26,8 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable
+from collections.abc import Mapping
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -63,7 +64,7 @@ def topic_level(text: str) -> str:
     return _UNSAFE_TOPIC.sub("_", text).strip("_") or "_"
 
 
-def default_prefix(inventory: Inventory) -> Optional[str]:
+def default_prefix(inventory: Inventory) -> str | None:
     """Return `rctmon/<inverter name>` (its serial number if it has no name); None while neither is known."""
     ident = inventory.name or inventory.serial
     return "rctmon/" + topic_level(ident) if ident else None
@@ -75,7 +76,7 @@ def value_path(series: Series) -> str:
     return "/".join(p for p in parts if p)
 
 
-def format_value(value: object) -> Optional[str]:
+def format_value(value: object) -> str | None:
     """Return the MQTT payload for a value in its display unit: a plain number or the string; None to skip it."""
     if isinstance(value, str):
         return value.rstrip("\x00")
@@ -94,7 +95,7 @@ def format_value(value: object) -> Optional[str]:
     return "0" if text == "-0" else text
 
 
-def payload_for(series: Series, raw: object) -> Optional[str]:
+def payload_for(series: Series, raw: object) -> str | None:
     """Return the payload for a raw reading of `series`, or None when it is no number anyone should see."""
     if isinstance(raw, float) and (not math.isfinite(raw) or abs(raw) > ABSURD_MAGNITUDE):
         return None
@@ -108,7 +109,7 @@ class Latest:
     series: Series
     text: str
     taken_ns: int
-    sent_text: Optional[str] = None
+    sent_text: str | None = None
     sent_at: float = -math.inf
 
 
@@ -117,8 +118,8 @@ class LatestValues:
 
     def __init__(self, intervals: Mapping[Tier, float]) -> None:
         self._refresh = {tier: REFRESH_FRACTION * seconds for tier, seconds in intervals.items()}
-        self._latest: Dict[int, Latest] = {}
-        self._due: Dict[int, None] = {}  # insertion-ordered set of object ids
+        self._latest: dict[int, Latest] = {}
+        self._due: dict[int, None] = {}  # insertion-ordered set of object ids
 
     def __len__(self) -> int:
         return len(self._latest)
@@ -135,7 +136,7 @@ class LatestValues:
             self._due[series.object_id] = None
         return True
 
-    def due(self) -> List[Latest]:
+    def due(self) -> list[Latest]:
         return [self._latest[oid] for oid in self._due]
 
     def sent(self, entry: Latest, now: float) -> None:
@@ -154,7 +155,7 @@ class BrokerLink:
         self.cfg = cfg
         self.availability_topic = availability_topic
         self.published = 0  # written by the network thread only
-        self._events: "queue.SimpleQueue[Tuple[str, str]]" = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -187,14 +188,14 @@ class BrokerLink:
     def fileno(self) -> int:
         return self._wake_r.fileno()
 
-    def take_events(self) -> List[Tuple[str, str]]:
+    def take_events(self) -> list[tuple[str, str]]:
         """Return the events the network thread posted, oldest first, without waiting."""
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError, OSError):
             pass
-        events: List[Tuple[str, str]] = []
+        events: list[tuple[str, str]] = []
         while True:
             try:
                 events.append(self._events.get_nowait())
@@ -271,18 +272,18 @@ class MqttExporter:
         self.channel = channel
         self.intervals = {tier: float(getattr(config.device.intervals, tier.value)) for tier in Tier}
         self.values = LatestValues(self.intervals)
-        self.inventory: Optional[Inventory] = None
-        self.device_up: Optional[bool] = None  # None: not told yet; presumed reachable
-        self.prefix: Optional[str] = self.cfg.topic_prefix.strip("/") or None
-        self.link: Optional[BrokerLink] = None
+        self.inventory: Inventory | None = None
+        self.device_up: bool | None = None  # None: not told yet; presumed reachable
+        self.prefix: str | None = self.cfg.topic_prefix.strip("/") or None
+        self.link: BrokerLink | None = None
         self.connected = False
         self.publish_errors = 0
         self._published_by_closed_links = 0
-        self._topics: Dict[int, str] = {}
-        self._availability_sent: Optional[str] = None
-        self._details: Dict[str, str] = {}  # object name -> value, for device blocks (serials, versions)
-        self._discovery_wanted: Dict[str, str] = {}
-        self._discovery_sent: Dict[str, str] = {}  # what the broker holds, as far as we know
+        self._topics: dict[int, str] = {}
+        self._availability_sent: str | None = None
+        self._details: dict[str, str] = {}  # object name -> value, for device blocks (serials, versions)
+        self._discovery_wanted: dict[str, str] = {}
+        self._discovery_sent: dict[str, str] = {}  # what the broker holds, as far as we know
         self._trouble_logged = False  # one warning per outage, not one per reconnect attempt
         self._handlers: Mapping[type, Callable[[object], None]] = {
             ReadingBatch: self._on_batch,  # type: ignore[dict-item]
@@ -312,7 +313,7 @@ class MqttExporter:
 
     def _step(self, heartbeat: proc.Every) -> bool:
         """Wait for the channel, the network thread or the heartbeat, handle what came; False: time to stop."""
-        readers: List[Union[Channel, BrokerLink]] = [self.channel] + ([self.link] if self.link else [])
+        readers: list[Channel | BrokerLink] = [self.channel] + ([self.link] if self.link else [])
         writers = [self.channel] if self.channel.pending_bytes else []
         readable, writable, _ = select.select(readers, writers, [], heartbeat.remaining())
         if writable:

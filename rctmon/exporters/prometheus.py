@@ -16,7 +16,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Union
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     InfoMetricFamily, Metric)
@@ -41,7 +42,7 @@ STALE_AFTER_INTERVALS = 3  # a value not refreshed for this many intervals of it
 BASE_UNITS = ("seconds", "bytes", "watts", "volts", "amperes", "hertz", "celsius", "joules", "coulombs", "ratio")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unit_of(name: str) -> str:
     """Return the base unit a metric name ends with ("" for none), ignoring `_total`."""
     stem = name[:-len("_total")] if name.endswith("_total") else name
@@ -64,9 +65,9 @@ class Cached:
 class Snapshot:
     """A consistent copy of the state, taken under the lock, rendered without it."""
 
-    values: Dict[int, Cached]
-    health: Optional[Health]
-    inventory: Optional[Inventory]
+    values: dict[int, Cached]
+    health: Health | None
+    inventory: Inventory | None
     device_up: bool
 
 
@@ -74,9 +75,9 @@ class Snapshot:
 class State:
     """The latest of everything the supervisor sent; the message loop writes it, HTTP threads read snapshots."""
 
-    values: Dict[int, Cached] = field(default_factory=dict)
-    health: Optional[Health] = None
-    inventory: Optional[Inventory] = None
+    values: dict[int, Cached] = field(default_factory=dict)
+    health: Health | None = None
+    inventory: Inventory | None = None
     device_up: bool = False
     generation: int = 0  # bumped on every change, so the exposition cache knows when to render again
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,10 +134,10 @@ class HealthView:
     influxdb: InfluxStats
     mqtt: MqttStats
     device_up: bool
-    inventory: Optional[Inventory]
+    inventory: Inventory | None
 
     @classmethod
-    def of(cls, snap: Snapshot, own_rss_bytes: int, own_cpu_seconds: float) -> "HealthView":
+    def of(cls, snap: Snapshot, own_rss_bytes: int, own_cpu_seconds: float) -> HealthView:
         health = snap.health
         processes = dict(health.processes) if health else {}
         supervised = processes.get(PROCESS)
@@ -151,7 +152,7 @@ class HealthView:
                    device_up=snap.device_up, inventory=snap.inventory)
 
 
-Samples = List[Tuple[Tuple[str, ...], float]]
+Samples = list[tuple[tuple[str, ...], float]]
 
 
 def _one(get: Callable[[HealthView], float]) -> Callable[[HealthView], Samples]:
@@ -171,7 +172,7 @@ def _inventory_complete(v: HealthView) -> bool:
 
 
 #: How each health metric of rctmon.health_metrics gets its samples; checked against that table at import.
-HEALTH_SAMPLES: Dict[str, Callable[[HealthView], Samples]] = {
+HEALTH_SAMPLES: dict[str, Callable[[HealthView], Samples]] = {
     "rctmon_build_info": lambda v: [((__version__,), 1.0)],
     "rctmon_device_up": _one(lambda v: v.device_up),
     "rctmon_device_connects_total": _one(lambda v: v.collector.connects),
@@ -212,13 +213,13 @@ def _response_histogram(metric: HealthMetric, v: HealthView) -> Metric:
     return family
 
 
-HEALTH_HISTOGRAMS: Dict[str, Callable[[HealthMetric, HealthView], Metric]] = {
+HEALTH_HISTOGRAMS: dict[str, Callable[[HealthMetric, HealthView], Metric]] = {
     "rctmon_response_seconds": _response_histogram,
 }
 
 NumericFamily = Union[GaugeMetricFamily, CounterMetricFamily]
-_FAMILY_TYPES: Dict[str, Callable[..., NumericFamily]] = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
-_OPTIONAL_SOURCES: Dict[str, Callable[[Config], bool]] = {
+_FAMILY_TYPES: dict[str, Callable[..., NumericFamily]] = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
+_OPTIONAL_SOURCES: dict[str, Callable[[Config], bool]] = {
     "influxdb": lambda c: c.influxdb.enable,
     "mqtt": lambda c: c.mqtt.enable,
 }
@@ -239,9 +240,9 @@ def _check_health_table() -> None:
 _check_health_table()
 
 
-def exposed_health_metrics(config: Config) -> Tuple[HealthMetric, ...]:
+def exposed_health_metrics(config: Config) -> tuple[HealthMetric, ...]:
     """Return the health metrics this configuration exposes: an optional exporter's only while it is enabled."""
-    return tuple(m for m in HEALTH_METRICS if _OPTIONAL_SOURCES.get(m.source, lambda c: True)(config))
+    return tuple(m for m in HEALTH_METRICS if m.source not in _OPTIONAL_SOURCES or _OPTIONAL_SOURCES[m.source](config))
 
 
 def health_families(view: HealthView, metrics: Sequence[HealthMetric]) -> Iterator[Metric]:
@@ -268,12 +269,12 @@ class Family:
     name: str
     kind: Kind
     help: str
-    tiers: Tuple[Tier, ...]
-    series: Tuple[Series, ...]
-    label_names: Tuple[str, ...]  # `inverter` first, then the series' own labels (for INFO: axis labels only)
+    tiers: tuple[Tier, ...]
+    series: tuple[Series, ...]
+    label_names: tuple[str, ...]  # `inverter` first, then the series' own labels (for INFO: axis labels only)
 
 
-def _families() -> Tuple[Family, ...]:
+def _families() -> tuple[Family, ...]:
     families = []
     for name, rows in catalog.metric_families().items():
         series = tuple(s for s in catalog.SERIES if s.metric == name)
@@ -283,7 +284,7 @@ def _families() -> Tuple[Family, ...]:
     return tuple(families)
 
 
-FAMILIES: Tuple[Family, ...] = _families()
+FAMILIES: tuple[Family, ...] = _families()
 
 
 def _seconds(value: float) -> str:
@@ -305,8 +306,8 @@ def _info_text(value: Value) -> str:
 class Freshness:
     """Whether a cached value was refreshed within three intervals of its tier."""
 
-    def __init__(self, intervals: Intervals, now_ns: Optional[int] = None, now: Optional[float] = None) -> None:
-        self._limits: Dict[Tier, float] = {
+    def __init__(self, intervals: Intervals, now_ns: int | None = None, now: float | None = None) -> None:
+        self._limits: dict[Tier, float] = {
             tier: STALE_AFTER_INTERVALS * float(getattr(intervals, tier.value)) for tier in Tier}
         self._now_ns = time.time_ns() if now_ns is None else now_ns
         self._now = time.monotonic() if now is None else now
@@ -318,7 +319,7 @@ class Freshness:
         return self._now_ns - cached.taken_ns <= limit * 1e9 and self._now - cached.arrived <= limit
 
 
-def inverter_name(inventory: Optional[Inventory]) -> str:
+def inverter_name(inventory: Inventory | None) -> str:
     """Return the `inverter` label value: the inverter's name, or its serial when it has none."""
     if inventory is None:
         return ""
@@ -352,14 +353,14 @@ def inverter_families(values: Mapping[int, Cached], inverter: str, helps: Mappin
             yield metric
 
 
-_NUMERIC_FAMILIES: Dict[Kind, Callable[..., NumericFamily]] = {
+_NUMERIC_FAMILIES: dict[Kind, Callable[..., NumericFamily]] = {
     Kind.GAUGE: GaugeMetricFamily,
     Kind.COUNTER: CounterMetricFamily,
 }
 
 
-def _info_family(family: Family, help_text: str, inverter: str, fresh: Iterable[Tuple[Series, Cached]]) -> Metric:
-    grouped: Dict[Tuple[str, ...], Dict[str, str]] = {}
+def _info_family(family: Family, help_text: str, inverter: str, fresh: Iterable[tuple[Series, Cached]]) -> Metric:
+    grouped: dict[tuple[str, ...], dict[str, str]] = {}
     for series, cached in fresh:
         key = (inverter,) + tuple(v for _, v in series.labels)
         grouped.setdefault(key, {})[series.row.field] = _info_text(cached.value)
@@ -408,7 +409,7 @@ def _heartbeat(channel: Channel) -> None:
     channel.send(Heartbeat(process=PROCESS, pid=os.getpid(), rss_bytes=rss, cpu_seconds=cpu))
 
 
-def _handlers(state: State) -> Dict[type, Callable[[object], None]]:
+def _handlers(state: State) -> dict[type, Callable[[object], None]]:
     return {
         ReadingBatch: state.add_batch,  # type: ignore[dict-item]
         Health: state.set_health,  # type: ignore[dict-item]

@@ -30,7 +30,9 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable
+from collections.abc import Mapping
+from collections.abc import Iterator, Sequence
 
 from rctmon.config import InfluxDBConfig
 from rctmon.messages import Reading
@@ -55,7 +57,7 @@ class SpoolLocked(RuntimeError):
     """Another process holds the spool (two writers would send every point twice)."""
 
 
-def default_path(environ: Optional[dict] = None) -> Path:
+def default_path(environ: Mapping[str, str] | None = None) -> Path:
     """Return where the spool lives when `influxdb.spool_path` is empty.
 
     $STATE_DIRECTORY is what systemd's StateDirectory= sets (the first entry if it lists several); otherwise the
@@ -68,7 +70,7 @@ def default_path(environ: Optional[dict] = None) -> Path:
     return Path.home() / ".local" / "state" / "rctmon" / FILE_NAME
 
 
-def spool_path(config: InfluxDBConfig, environ: Optional[dict] = None) -> Path:
+def spool_path(config: InfluxDBConfig, environ: Mapping[str, str] | None = None) -> Path:
     """Return the spool file configured, or the default one."""
     return Path(config.spool_path).expanduser() if config.spool_path else default_path(environ)
 
@@ -76,7 +78,7 @@ def spool_path(config: InfluxDBConfig, environ: Optional[dict] = None) -> Path:
 class Spool:
     """Points waiting for InfluxDB, durable across restarts; safe to use from two threads."""
 
-    def __init__(self, path: Union[str, "os.PathLike[str]"], max_points: int,
+    def __init__(self, path: str | os.PathLike[str], max_points: int,
                  lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.path = Path(path)
         self.max_points = max_points
@@ -84,7 +86,7 @@ class Spool:
         self._lock_file = self._take_file_lock(lock_timeout)
         self._write_lock = threading.Lock()
         self._local = threading.local()
-        self._connections: List[sqlite3.Connection] = []
+        self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self.dropped = 0  # points and held readings dropped because the spool was full (since open)
         conn = self._conn()
@@ -128,7 +130,7 @@ class Spool:
                 self._connections.append(conn)
         return conn
 
-    def _transaction(self) -> "_Transaction":
+    def _transaction(self) -> _Transaction:
         return _Transaction(self._conn(), self._write_lock, self._recount)
 
     def _recount(self, conn: sqlite3.Connection) -> None:
@@ -141,12 +143,12 @@ class Spool:
     @property
     def count(self) -> int:
         """Points waiting to be sent."""
-        return self._count
+        return int(self._count)
 
     @property
     def held_count(self) -> int:
         """Readings waiting for the inverter's name."""
-        return self._held
+        return int(self._held)
 
     # --- appending --------------------------------------------------------------------------------------------------
 
@@ -173,7 +175,7 @@ class Spool:
             self._held -= dropped
         return self._note_dropped(dropped, "held readings")
 
-    def release_held(self, encode: Callable[[List[Reading]], List[bytes]], chunk: int = 10000) -> int:
+    def release_held(self, encode: Callable[[list[Reading]], list[bytes]], chunk: int = 10000) -> int:
         """Turn held readings into points with `encode`, oldest first; return how many readings were released."""
         released = 0
         while self._held:
@@ -209,7 +211,7 @@ class Spool:
 
     # --- draining ---------------------------------------------------------------------------------------------------
 
-    def peek(self, limit: int) -> List[Tuple[int, bytes]]:
+    def peek(self, limit: int) -> list[tuple[int, bytes]]:
         """Return up to `limit` of the oldest points as (id, line), oldest first, without removing them."""
         return self._conn().execute("SELECT id, line FROM points ORDER BY id LIMIT ?", (limit,)).fetchall()
 
