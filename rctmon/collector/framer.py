@@ -53,6 +53,9 @@ PLANT_FRAME = "plant_frame"  # valid frame addressed to a plant member
 NOT_RESPONSE = "not_response"  # valid frame that is no answer: echoed requests, writes, AT+, extension commands
 BAD_PAYLOAD = "bad_payload"  # an answer whose payload does not decode as the object's type
 ABSURD_VALUE = "absurd_value"  # NaN, infinity or an impossible magnitude
+#: Every kind, in the order above: the exporter shows each at 0 from the first scrape, so rate() sees the first error.
+DECODE_ERROR_KINDS: tuple[str, ...] = (GARBAGE, CRC, TRUNCATED, ABSURD_LENGTH, UNKNOWN_OBJECT, PLANT_FRAME,
+                                       NOT_RESPONSE, BAD_PAYLOAD, ABSURD_VALUE)
 
 #: Noise the vendor's app sends that has no frame structure at all, recognised around its start byte.
 _NOISE_SIGNATURES: tuple[tuple[bytes, str], ...] = ((b"AT+\r", NOT_RESPONSE),)
