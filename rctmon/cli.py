@@ -14,6 +14,7 @@ from typing import Callable
 from rctmon import __version__
 from rctmon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dump, load
 from rctmon.logsetup import setup_logging
+from rctmon.simulator.options import add_simulator_arguments
 
 log = logging.getLogger("rctmon")
 
@@ -62,24 +63,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 }
 #: Commands that run without a configuration file (they use the defaults when none is given).
 NO_CONFIG_NEEDED = {"simulator", "demo"}
-
-
-def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8899, help="TCP port; 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--name", default="rctmon simulator", help="inverter name (android_description)")
-    parser.add_argument("--generators", type=int, choices=(0, 1, 2), default=2, help="solar generators attached")
-    parser.add_argument("--battery-modules", type=int, default=3, choices=range(0, 8), metavar="{0..7}",
-                        help="battery modules (0: no battery)")
-    parser.add_argument("--no-power-switch", action="store_true", help="simulate an inverter without Power Switch")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
-    parser.add_argument("--drop-rate", type=float, default=0.0, help="fraction of requests never answered")
-    parser.add_argument("--corrupt-rate", type=float, default=0.0, help="fraction of answers with a corrupted byte")
-    parser.add_argument("--noise-rate", type=float, default=0.0,
-                        help="fraction of answers preceded by noise: unsolicited answers, echoes, AT+, extensions")
-    parser.add_argument("--disconnect-every", type=float, default=0.0, metavar="S",
-                        help="close every client connection after S seconds (0: never)")
-    parser.add_argument("--seed", type=int, default=None, help="seed the random faults (reproducible runs)")
 
 
 def build_parser() -> argparse.ArgumentParser:

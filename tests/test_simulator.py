@@ -29,9 +29,9 @@ from rctclient.utils import CRC16, encode_value
 from rctmon.catalog import SERIES
 from rctmon.inventory import ALL_OBJECTS, MODULE_OBJECTS, Inventory
 from rctmon.simulator import SimulatorOptions, SimulatorThread
-from rctmon.simulator_plant import DAY_SECONDS, EFFICIENCY, Plant
-from rctmon.simulator_values import decode_any, resolve_all
-from rctmon.simulator_wire import RequestParser, crc16, response_frame
+from rctmon.simulator.plant import DAY_SECONDS, EFFICIENCY, Plant
+from rctmon.simulator.values import decode_any, resolve_all
+from rctmon.simulator.wire import RequestParser, crc16, response_frame
 from support import FIXTURES, rctmon_command, stop_process, wait_for
 
 NAMES = {info.object_id: info.name for info in REGISTRY.all()}

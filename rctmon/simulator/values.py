@@ -20,7 +20,6 @@ import functools
 import re
 import struct
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 from collections.abc import Sequence
@@ -29,7 +28,8 @@ from rctclient.registry import REGISTRY, ObjectInfo
 from rctclient.types import DataType
 from rctclient.utils import decode_value, encode_value
 
-from rctmon.simulator_plant import CELLS_PER_MODULE, PERIODS, Plant
+from rctmon.simulator.options import PARAMETER_FILE, SOFTWARE_VERSION, serial_for
+from rctmon.simulator.plant import CELLS_PER_MODULE, PERIODS, Plant
 
 #: rctclient's encoder and decoder for a data type known only at run time (their overloads want literal types).
 encode_any = cast(Callable[[DataType, Any], bytes], encode_value)
@@ -46,15 +46,6 @@ class Part(enum.Enum):
     BATTERY = "battery"
     MODULE = "module"  # index: battery module
     POWER_SWITCH = "power_switch"
-
-
-SOFTWARE_VERSION = "rctmon-sim-1.0"  # svnversion
-PARAMETER_FILE = "PS_6.0_BA3L_sim.bin"
-
-
-def serial_for(name: str) -> str:
-    """Return the serial number of the simulated inverter called `name` (stable, different per name)."""
-    return f"SIM{zlib.crc32(name.encode('utf-8')) % 10**9:09d}"
 
 
 class Inverter:

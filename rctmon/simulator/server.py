@@ -2,9 +2,11 @@
 
 It serves the demo, the tests and the benchmarks. Clients speak the RCT protocol to it exactly as to an inverter:
 READ requests are answered (each answer preceded by a 0x00 byte, like real inverters), WRITE requests are logged
-and ignored (nothing a client sends ever changes its state), and reads of unknown objects go unanswered, as on a
-real inverter. The answers come from `simulator_values` (what each object answers) over `simulator_plant` (sun,
-battery and grid moving over a compressed day); `simulator_wire` frames them.
+and ignored unless their object answers them (nothing a client sends ever changes its state), and reads of unknown
+objects go unanswered, as on a real inverter. The answers come from `values` (what each object answers) over
+`plant` (sun, battery and grid moving over a compressed day); `wire` frames them. Requests are dispatched by a
+table keyed by command (`Simulator._handlers`); answers to WRITEs are registered by object type in
+`Simulator.write_answers`.
 
 Faults are injected per request, drawn from one random generator (seeded with `seed` for reproducible runs):
 
@@ -26,7 +28,6 @@ and back to simulate an outage.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import dataclasses
@@ -39,13 +40,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rctclient.registry import REGISTRY
-from rctclient.types import Command
+from rctclient.types import Command, DataType
 
 from rctmon.catalog import enabled_series
-from rctmon.inventory import GENERATOR_NAMES, Inventory
-from rctmon.simulator_plant import Plant
-from rctmon.simulator_values import PARAMETER_FILE, SOFTWARE_VERSION, Answers, Inverter, decode_any, serial_for
-from rctmon.simulator_wire import ANSWER_PREFIX, Request, RequestParser, response_frame
+from rctmon.simulator.plant import Plant
+from rctmon.simulator.options import SimulatorOptions
+from rctmon.simulator.values import Answers, Inverter, decode_any
+from rctmon.simulator.wire import ANSWER_PREFIX, Request, RequestParser, response_frame
 
 log = logging.getLogger("rctmon.simulator")
 
@@ -58,62 +59,10 @@ MIRROR_BUFFER_LIMIT = 256 * 1024
 
 
 @dataclass
-class SimulatorOptions:
-    """What the simulated inverter has attached and which faults it injects (see `rctmon simulator --help`)."""
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    name: str = "rctmon simulator"
-    generators: int = 2
-    battery_modules: int = 3
-    power_switch: bool = True
-    latency_ms: float = 0.0
-    drop_rate: float = 0.0
-    corrupt_rate: float = 0.0
-    noise_rate: float = 0.0
-    disconnect_every: float = 0.0
-    seed: int | None = None
-
-    def problems(self) -> list[str]:
-        """Return what is wrong with these options, one message per problem (empty: all fine)."""
-        problems = [f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}"
-                    for name in ("drop_rate", "corrupt_rate", "noise_rate") if not 0.0 <= getattr(self, name) <= 1.0]
-        if not 0 <= self.generators <= 2:
-            problems.append(f"--generators must be 0, 1 or 2, got {self.generators}")
-        if not 0 <= self.battery_modules <= 7:
-            problems.append(f"--battery-modules must be 0 to 7, got {self.battery_modules}")
-        if self.latency_ms < 0 or self.disconnect_every < 0:
-            problems.append("--latency-ms and --disconnect-every must not be negative")
-        if not 0 <= self.port <= 65535:
-            problems.append(f"--port must be 0 to 65535, got {self.port}")
-        return problems
-
-    def inventory(self) -> Inventory:
-        """Return the inventory a collector should discover on this simulator (all of it, serial included)."""
-        return Inventory(name=self.name, serial=serial_for(self.name), software_version=SOFTWARE_VERSION,
-                         parameter_file=PARAMETER_FILE, generators=GENERATOR_NAMES[:self.generators],
-                         battery_modules=self.battery_modules, power_switch=self.power_switch, complete=True)
-
-
-def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
-    """Return the options given on the command line (cli.add_simulator_arguments); exit 2 when they are invalid."""
-    options = SimulatorOptions(
-        host=args.host, port=args.port, name=args.name, generators=args.generators,
-        battery_modules=args.battery_modules, power_switch=not args.no_power_switch, latency_ms=args.latency_ms,
-        drop_rate=args.drop_rate, corrupt_rate=args.corrupt_rate, noise_rate=args.noise_rate,
-        disconnect_every=args.disconnect_every, seed=args.seed)
-    problems = options.problems()
-    if problems:
-        print("rctmon simulator: " + "; ".join(problems), file=sys.stderr)
-        raise SystemExit(2)
-    return options
-
-
-@dataclass
 class SimulatorStats:
     """Counters since the simulator started."""
 
-    requests: int = 0  # READ requests received
+    requests: int = 0  # READ requests received, and WRITEs of objects that answer them (write_answers)
     answered: int = 0  # answers sent to the client that asked (corrupted ones included)
     dropped: int = 0  # READ requests ignored on purpose (drop_rate)
     corrupted: int = 0  # answers sent with a changed byte (corrupt_rate)
@@ -127,6 +76,7 @@ class SimulatorStats:
 
 
 _NAMES: dict[int, str] = {info.object_id: info.name for info in REGISTRY.all()}
+_TYPES: dict[int, DataType] = {info.object_id: info.response_data_type for info in REGISTRY.all()}
 
 
 def _name(object_id: int) -> str:
@@ -271,6 +221,17 @@ class Simulator:
         self._noise_kinds: tuple[Callable[[_Client, Request], bytes], ...] = (
             self._noise_unsolicited, self._noise_echo, self._noise_at, self._noise_extension,
             self._noise_leftover, self._noise_escaped_start)
+        #: The request dispatch: how each command a client sends is handled; commands not here are logged and
+        #: ignored. Every write command goes to `_write`, which consults `write_answers`.
+        self._handlers: dict[int, Callable[[_Client, Request, list[bytes]], None]] = {Command.READ: self._read}
+        self._handlers.update((command, self._write) for command in Command if Command.is_write(command))
+        #: Answers to WRITE requests, by the registry type of the object written: the one place where a WRITE
+        #: handler is registered. The inverter's logger (DataType.TIMESERIES) and event table
+        #: (DataType.EVENT_TABLE) answer a WRITE of a timestamp with their entries before it; whoever models them
+        #: puts a function here that returns (payload, decoded value) for the request, or None to stay silent.
+        #: The answer goes through the same faults as a READ's. A WRITE whose type has no entry is logged and
+        #: ignored: nothing a client sends ever changes the simulator's state.
+        self.write_answers: dict[DataType, Callable[[Request], tuple[bytes, Any] | None]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -345,30 +306,51 @@ class Simulator:
 
     def _handle(self, client: _Client, requests: list[Request]) -> None:
         out: list[bytes] = []
+        handlers = self._handlers
         for request in requests:
-            if request.command == Command.READ:
-                self._read(client, request, out)
-            elif Command.is_write(request.command):  # type: ignore[arg-type]
-                self._ignore_write(request)
-            else:
+            handler = handlers.get(request.command)
+            if handler is None:
                 log.debug("ignoring %s frame for %s from %s", request.command, _name(request.object_id), client.peer)
+            else:
+                handler(client, request, out)
         if out:
             client.send(b"".join(out))
 
-    def _answer(self, object_id: int) -> tuple[bytes, Any] | None:
+    def _read_answer(self, request: Request) -> tuple[bytes, Any] | None:
         try:
-            return self._answers.answer(object_id)
+            return self._answers.answer(request.object_id)
         except Exception:  # noqa: BLE001 - a bug in one value must not take the connection down
-            log.exception("cannot compute the answer for %s", _name(object_id))
+            log.exception("cannot compute the answer for %s", _name(request.object_id))
             return None
 
     def _read(self, client: _Client, request: Request, out: list[bytes]) -> None:
+        self._respond(client, request, out, self._read_answer)
+
+    def _write(self, client: _Client, request: Request, out: list[bytes]) -> None:
+        """Answer a WRITE through `write_answers` when its object's type has an entry there; ignore it otherwise."""
+        data_type = _TYPES.get(request.object_id)
+        answer_write = self.write_answers.get(data_type) if data_type is not None else None
+        if answer_write is None:
+            self._ignore_write(request)
+            return
+
+        def compute(request: Request) -> tuple[bytes, Any] | None:
+            try:
+                return answer_write(request)
+            except Exception:  # noqa: BLE001 - a bug in one answer must not take the connection down
+                log.exception("cannot compute the answer to a WRITE of %s", _name(request.object_id))
+                return None
+        self._respond(client, request, out, compute)
+
+    def _respond(self, client: _Client, request: Request, out: list[bytes],
+                 compute: Callable[[Request], tuple[bytes, Any] | None]) -> None:
+        """Append the answer `compute` gives for `request` to `out`, with the configured faults injected."""
         stats, options, rng = self._stats, self.options, self._rng
         stats.requests += 1
         if options.drop_rate and rng.random() < options.drop_rate:
             stats.dropped += 1
             return
-        answer = self._answer(request.object_id)
+        answer = compute(request)
         if answer is None:
             stats.unknown += 1
             return
@@ -410,7 +392,7 @@ class Simulator:
         if not self._unsolicited:
             return b"AT+\r"
         object_id = self._rng.choice(self._unsolicited)
-        answer = self._answer(object_id)
+        answer = self._read_answer(request._replace(object_id=object_id))
         if answer is None:
             return b"AT+\r"
         self._record(self._sent, object_id, answer[1])
