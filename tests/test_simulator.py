@@ -1,4 +1,5 @@
-"""The built-in simulator, seen from the wire: a client built from rctclient's make_frame and ReceiveFrame only.
+"""The built-in simulator, seen from the wire: a client built from rctclient's make_frame and ReceiveFrame only
+(tests/simclient.py).
 
 The collector is not used here on purpose: these tests pin what the simulator sends, so that the collector's tests
 can rely on it.
@@ -14,13 +15,13 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import time
 from typing import Any, Callable
 from collections.abc import Iterator, Sequence
 
 import pytest
-from rctclient.exceptions import FrameCRCMismatch, FrameLengthExceeded, InvalidCommand
 from rctclient.frame import ReceiveFrame, make_frame
 from rctclient.registry import REGISTRY
 from rctclient.types import Command, DataType
@@ -31,137 +32,24 @@ from rctmon.inventory import ALL_OBJECTS, MODULE_OBJECTS, Inventory
 from rctmon.simulator import SimulatorOptions, SimulatorThread
 from rctmon.simulator.plant import DAY_SECONDS, EFFICIENCY, Plant
 from rctmon.simulator.values import decode_any, resolve_all
-from rctmon.simulator.wire import RequestParser, crc16, response_frame
+from rctmon.simulator.wire import Request, RequestParser, crc16, response_frame
+from simclient import IDS, NAMES, Client, connections, simulators
 from support import FIXTURES, rctmon_command, stop_process, wait_for
 
-NAMES = {info.object_id: info.name for info in REGISTRY.all()}
-IDS = {info.name: info.object_id for info in REGISTRY.all()}
 PYTHON_TYPES = {DataType.FLOAT: float, DataType.STRING: str, DataType.BOOL: bool}
-
-
-# --- a minimal client ----------------------------------------------------------------------------------------------
-
-def split_frames(buf: bytes) -> tuple[list[ReceiveFrame], bytes]:
-    """Return the complete frames in `buf` and the unparsed rest; after any bad frame, resume one byte later."""
-    frames: list[ReceiveFrame] = []
-    pos = 0
-    while True:
-        start = buf.find(b"+", pos)
-        if start < 0:
-            return frames, b""
-        frame = ReceiveFrame()
-        try:
-            consumed = frame.consume(buf[start:])
-        except (FrameCRCMismatch, InvalidCommand, FrameLengthExceeded):
-            pos = start + 1
-            continue
-        if frame.complete():
-            frames.append(frame)
-            pos = start + consumed
-            continue
-        later = buf.find(b"+", start + 1)
-        while later >= 0 and buf[later - 1] == 0x2D:
-            later = buf.find(b"+", later + 1)
-        if later < 0:
-            return frames, buf[start:]
-        pos = start + 1  # a valid frame never holds an unescaped start byte: this one was garbage
-
-
-class Client:
-    """A blocking RCT client for tests: send READ frames, collect RESPONSE frames (raw bytes kept too)."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.pending = b""
-        self.raw = bytearray()
-        self.frames: list[ReceiveFrame] = []  # every frame received, any command
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send_reads(self, objects: Sequence[int | str]) -> None:
-        self.sock.sendall(b"".join(make_frame(Command.READ, IDS[o] if isinstance(o, str) else o) for o in objects))
-
-    def receive_once(self, timeout: float = 10.0) -> bool:
-        """Read what arrives within `timeout`; return False when the server closed the connection."""
-        self.sock.settimeout(timeout)
-        data = self.sock.recv(65536)
-        if not data:
-            return False
-        self.raw += data
-        frames, self.pending = split_frames(self.pending + data)
-        self.frames.extend(frames)
-        return True
-
-    def responses(self) -> list[ReceiveFrame]:
-        return [f for f in self.frames if f.command in (Command.RESPONSE, Command.LONG_RESPONSE)]
-
-    def wait_responses(self, count: int, timeout: float = 10.0) -> list[ReceiveFrame]:
-        deadline = time.monotonic() + timeout
-        while len(self.responses()) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.receive_once(remaining):
-                raise AssertionError(f"got {len(self.responses())} of {count} responses")
-        return self.responses()
-
-    def read(self, objects: Sequence[str], timeout: float = 10.0) -> dict[str, Any]:
-        """Read objects by name and return their decoded values (fails unless every one is answered)."""
-        start = len(self.frames)
-        self.send_reads(objects)
-        wanted = {IDS[name] for name in objects}
-        deadline = time.monotonic() + timeout
-        while True:
-            got = {f.id: f for f in self.frames[start:] if f.command in (Command.RESPONSE, Command.LONG_RESPONSE)}
-            if wanted <= set(got):
-                return {NAMES[i]: decode_any(REGISTRY.get_by_id(i).response_data_type, got[i].data) for i in wanted}
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.receive_once(remaining):
-                raise AssertionError(f"unanswered: {sorted(NAMES[i] for i in wanted - set(got))}")
-
-    def sync(self, sentinel: str = "android_description", timeout: float = 10.0) -> None:
-        """Return once everything sent before has been answered: answers come in order, so wait for a sentinel's.
-
-        The sentinel is asked again until one answer arrives intact (with corrupt_rate, one may not)."""
-        deadline = time.monotonic() + timeout
-        start = len(self.frames)
-        while time.monotonic() < deadline:
-            self.send_reads([sentinel])
-            try:
-                self.receive_once(0.3)
-            except socket.timeout:
-                pass
-            if any(f.id == IDS[sentinel] and f.command == Command.RESPONSE for f in self.frames[start:]):
-                return
-        raise AssertionError("no answer to the sentinel")
 
 
 @pytest.fixture
 def simulator() -> Iterator[Callable[..., SimulatorThread]]:
     """Start simulators with the given options; every one is stopped when the test ends, pass or fail."""
-    started: list[SimulatorThread] = []
-
-    def start(**options: Any) -> SimulatorThread:
-        sim = SimulatorThread(SimulatorOptions(**options)).start()
-        started.append(sim)
-        return sim
-
-    yield start
-    for sim in started:
-        sim.stop()
+    with simulators() as start:
+        yield start
 
 
 @pytest.fixture
 def clients() -> Iterator[Callable[[int], Client]]:
-    opened: list[Client] = []
-
-    def connect(port: int) -> Client:
-        client = Client(port)
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        client.close()
+    with connections() as connect:
+        yield connect
 
 
 def value_of(frame: ReceiveFrame) -> Any:
@@ -255,8 +143,9 @@ def test_every_catalog_series_answers_a_plausible_value_of_its_type(
         assert values[f"energy.e_grid_feed_{period}"] <= 0.0  # the inverter counts feed-in negative
         assert values[f"energy.e_grid_load_{period}"] > 0.0
     assert values["energy.e_grid_feed_total"] < 0.0
-    assert values["energy.e_ac_day"] < values["energy.e_ac_month"] < values["energy.e_ac_year"] \
-        < values["energy.e_ac_total"]
+    for counter in ("ac", "grid_feed", "grid_load", "load"):  # equal on the first of a month, of a year
+        day, month, year, total = (abs(values[f"energy.e_{counter}_{p}"]) for p in ("day", "month", "year", "total"))
+        assert day <= month <= year < total, counter
     for i in range(3):
         assert 200.0 < values[f"g_sync.u_l_rms[{i}]"] < 260.0
         assert 200.0 < values[f"rb485.u_l_grid[{i}]"] < 260.0
@@ -340,6 +229,30 @@ def test_unknown_objects_and_writes_get_no_answer(simulator: Callable[..., Simul
     assert NAMES[first.id] == "android_description"  # answers come in order: nothing came for the first two
     assert (sim.stats.unknown, sim.stats.writes_ignored) == (1, 1)
     assert client.read(["battery.soc_target"])["battery.soc_target"] != pytest.approx(0.123)
+
+
+def test_a_write_answer_registered_for_a_type_answers_writes_of_that_type_only(
+        simulator: Callable[..., SimulatorThread], clients: Callable[[int], Client]) -> None:
+    """The hook for the logger and the event table: Simulator.write_answers, by registry type."""
+    sim = simulator()
+    asked: list[bytes] = []
+
+    def answer(request: Request) -> tuple[bytes, Any]:
+        asked.append(request.payload)
+        payload = request.payload + struct.pack(">If", 1_700_000_000, 42.5)
+        return payload, decode_any(DataType.TIMESERIES, payload)
+
+    sim.simulator.write_answers[DataType.TIMESERIES] = answer
+    client = clients(sim.port)
+    stamp = struct.pack(">I", 1_700_000_300)
+    client.sock.sendall(make_frame(Command.WRITE, IDS["logger.minutes_ubat_log_ts"], stamp)
+                        + make_frame(Command.WRITE, IDS["battery.soc_target"], encode_value(DataType.FLOAT, 0.5))
+                        + make_frame(Command.READ, IDS["android_description"]))
+    first, second = client.wait_responses(2)
+    assert (NAMES[first.id], NAMES[second.id]) == ("logger.minutes_ubat_log_ts", "android_description")
+    assert asked == [stamp] and first.data == stamp + struct.pack(">If", 1_700_000_000, 42.5)
+    assert sim.sent_values("logger.minutes_ubat_log_ts") == [decode_any(DataType.TIMESERIES, first.data)]
+    assert sim.stats.writes_ignored == 1  # the FLOAT one
 
 
 def test_latency_delays_answers_without_serialising_a_pipeline(simulator: Callable[..., SimulatorThread],
@@ -534,10 +447,10 @@ def test_options_from_the_command_line() -> None:
     args = build_parser().parse_args(["simulator", "--port", "0", "--name", "Roof", "--generators", "1",
                                       "--battery-modules", "0", "--no-power-switch", "--latency-ms", "60",
                                       "--drop-rate", "0.1", "--corrupt-rate", "0.05", "--noise-rate", "0.2",
-                                      "--disconnect-every", "10", "--seed", "4"])
+                                      "--disconnect-every", "10", "--seed", "4", "--external-generator"])
     assert options_from_args(args) == SimulatorOptions(
-        port=0, name="Roof", generators=1, battery_modules=0, power_switch=False, latency_ms=60.0, drop_rate=0.1,
-        corrupt_rate=0.05, noise_rate=0.2, disconnect_every=10.0, seed=4)
+        port=0, name="Roof", generators=1, battery_modules=0, power_switch=False, external_generator=True,
+        latency_ms=60.0, drop_rate=0.1, corrupt_rate=0.05, noise_rate=0.2, disconnect_every=10.0, seed=4)
     assert options_from_args(build_parser().parse_args(["simulator"])) == SimulatorOptions(port=8899)
     with pytest.raises(SystemExit) as exited:
         options_from_args(build_parser().parse_args(["simulator", "--drop-rate", "1.5"]))

@@ -28,6 +28,7 @@ class SimulatorOptions:
     generators: int = 2
     battery_modules: int = 3
     power_switch: bool = True
+    external_generator: bool = False  # a second inverter or a balcony plant on the S0 input
     latency_ms: float = 0.0
     drop_rate: float = 0.0
     corrupt_rate: float = 0.0
@@ -60,7 +61,8 @@ def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
     """Return the options given on the command line (add_simulator_arguments); exit 2 when they are invalid."""
     options = SimulatorOptions(
         host=args.host, port=args.port, name=args.name, generators=args.generators,
-        battery_modules=args.battery_modules, power_switch=not args.no_power_switch, latency_ms=args.latency_ms,
+        battery_modules=args.battery_modules, power_switch=not args.no_power_switch,
+        external_generator=args.external_generator, latency_ms=args.latency_ms,
         drop_rate=args.drop_rate, corrupt_rate=args.corrupt_rate, noise_rate=args.noise_rate,
         disconnect_every=args.disconnect_every, seed=args.seed)
     problems = options.problems()
@@ -79,6 +81,8 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--battery-modules", type=int, default=3, choices=range(0, 8), metavar="{0..7}",
                         help="battery modules (0: no battery)")
     parser.add_argument("--no-power-switch", action="store_true", help="simulate an inverter without Power Switch")
+    parser.add_argument("--external-generator", action="store_true",
+                        help="an external generator (a second inverter, a balcony plant) on the S0 input")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
     parser.add_argument("--drop-rate", type=float, default=0.0, help="fraction of requests never answered")
     parser.add_argument("--corrupt-rate", type=float, default=0.0, help="fraction of answers with a corrupted byte")

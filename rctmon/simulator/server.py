@@ -204,7 +204,8 @@ class Simulator:
         if problems:
             raise ValueError("; ".join(problems))
         self._rng = random.Random(options.seed)
-        self._plant = Plant(options.generators, options.battery_modules, options.power_switch)
+        self._plant = Plant(options.generators, options.battery_modules, options.power_switch,
+                            external_generator=options.external_generator)
         self._answers = Answers(Inverter(options.name, self._plant))
         self._latency = options.latency_ms / 1000.0
         self._mirror = options.noise_rate > 0

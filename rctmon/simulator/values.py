@@ -29,7 +29,8 @@ from rctclient.types import DataType
 from rctclient.utils import decode_value, encode_value
 
 from rctmon.simulator.options import PARAMETER_FILE, SOFTWARE_VERSION, serial_for
-from rctmon.simulator.plant import CELLS_PER_MODULE, PERIODS, Plant
+from rctmon.simulator.cells import CELLS_PER_MODULE, Cell
+from rctmon.simulator.plant import PERIODS, Plant
 
 #: rctclient's encoder and decoder for a data type known only at run time (their overloads want literal types).
 encode_any = cast(Callable[[DataType, Any], bytes], encode_value)
@@ -46,6 +47,7 @@ class Part(enum.Enum):
     BATTERY = "battery"
     MODULE = "module"  # index: battery module
     POWER_SWITCH = "power_switch"
+    EXTERNAL = "external"  # the external generator on the S0 input
 
 
 class Inverter:
@@ -58,16 +60,18 @@ class Inverter:
 
     def present(self, part: Part, index: int) -> bool:
         """Return whether that part (with that index) is attached."""
-        plant = self.plant
-        if part is Part.GENERATOR:
-            return index < plant.generators
-        if part is Part.BATTERY:
-            return plant.battery_modules > 0
-        if part is Part.MODULE:
-            return index < plant.battery_modules
-        if part is Part.POWER_SWITCH:
-            return plant.power_switch
-        return True
+        return _PRESENT[part](self.plant, index)
+
+
+#: Whether a part (with an index) is attached to a plant.
+_PRESENT: dict[Part, Callable[[Plant, int], bool]] = {
+    Part.ALWAYS: lambda plant, i: True,
+    Part.GENERATOR: lambda plant, i: i < plant.generators,
+    Part.BATTERY: lambda plant, i: plant.battery_modules > 0,
+    Part.MODULE: lambda plant, i: i < plant.battery_modules,
+    Part.POWER_SWITCH: lambda plant, i: plant.power_switch,
+    Part.EXTERNAL: lambda plant, i: plant.external_generator,
+}
 
 
 ValueFn = Callable[[Inverter, int], Any]
@@ -102,15 +106,17 @@ def _generator_energy(period: str) -> ValueFn:
     return lambda inv, i: inv.plant.energy(f"dc{i}", period)
 
 
+@functools.cache
 def module_history(module: int) -> tuple[tuple[int, int, float], ...]:
     """Return the extreme cell readings a battery module has recorded, as battery.cells_stat[i] carries them.
 
     One (cell index, epoch seconds, value) each for u_min, u_max, t_min, t_max; they differ a little per module so
-    that a mix-up of module indexes shows.
+    that a mix-up of module indexes shows. They lie outside what the cells show while the simulator runs (LiFePO4
+    cells: 2.9 to 3.6 V), as a record of extremes does.
     """
     when = 1_690_000_000 - 86_400 * 37 * module
-    return (((3 + 5 * module) % 24, when, 3.05 + 0.01 * module),
-            ((7 + module) % 24, when + 3600, 4.12 - 0.005 * module),
+    return (((3 + 5 * module) % 24, when, 2.80 + 0.01 * module),
+            ((7 + module) % 24, when + 3600, 3.65 - 0.005 * module),
             ((11 + module) % 24, when - 86_400, 8.5 + 0.5 * module),
             ((19 + module) % 24, when + 7200, 36.0 + 0.3 * module))
 
@@ -123,10 +129,26 @@ def _cell_stat(stat: str, part: str) -> ValueFn:
     return lambda inv, i: module_history(i)[_STAT_FIELDS[stat]][_STAT_PARTS[part]]
 
 
+def cell_status(cell: Cell) -> tuple[int, int, int]:
+    """Return a cell's record as battery.cells[i] carries it: temperature (degC), voltage (mV), status byte."""
+    return min(255, max(0, round(cell.temperature))), min(0xFFFF, max(0, round(cell.voltage * 1000.0))), 0
+
+
+def cell_resistance_raw(cell: Cell) -> int:
+    """Return a cell's resistance as battery.cells_resist[i] carries it: 1/256 milliohm in 16 bits."""
+    return min(0xFFFF, max(0, round(cell.resistance * 1000.0 * 256.0)))
+
+
 def _cells(inv: Inverter, i: int) -> tuple[tuple[int, int, int], ...]:
-    p = inv.plant
-    return tuple((int(p.battery_temperature + (c % 5) * 0.3), int(p.cell_voltage * 1000) + (c * 7) % 13 - 6, 0)
-                 for c in range(CELLS_PER_MODULE))
+    return tuple(cell_status(cell) for cell in inv.plant.cells(i))
+
+
+def _cells_resist(inv: Inverter, i: int) -> tuple[int, ...]:
+    return tuple(cell_resistance_raw(cell) for cell in inv.plant.cells(i))
+
+
+def _stack(field: str) -> ValueFn:
+    return lambda inv, i: getattr(inv.plant.stack, field)
 
 
 def _timeseries(inv: Inverter, i: int) -> tuple[int, tuple[tuple[int, float], ...]]:
@@ -144,7 +166,11 @@ def _per_phase(pattern: str, attr: str, part: Part = Part.ALWAYS) -> Rule:
     return Rule(pattern, part, _item(attr))
 
 
-A, G, B, M, PS = Part.ALWAYS, Part.GENERATOR, Part.BATTERY, Part.MODULE, Part.POWER_SWITCH
+A, G, B, M, PS, X = Part.ALWAYS, Part.GENERATOR, Part.BATTERY, Part.MODULE, Part.POWER_SWITCH, Part.EXTERNAL
+#: io_board.io1_usage when the external generator is on the S0 input (rctclient's enumeration).
+IO_USAGE_S0_EXTERNAL = 10
+#: power_mng.battery_type (rctclient's enumeration): RCT Power's own battery, or none.
+BATTERY_TYPE_RCT, BATTERY_TYPE_NONE = 3, 5
 
 # fmt: off
 RULES: tuple[Rule, ...] = (
@@ -161,13 +187,23 @@ RULES: tuple[Rule, ...] = (
     Rule(r"db\.temp1", A, _attr("heatsink_temperature")),
     Rule(r"db\.temp2", A, _attr("actuator_temperature")),
     Rule(r"db\.core_temp", A, _attr("core_temperature")),
+    # insulation of the PV array (ohm), measured every morning
+    Rule(r"iso_struct\.Riso", A, _attr("insulation_total")),
+    Rule(r"iso_struct\.Rp", A, _attr("insulation_positive")),
+    Rule(r"iso_struct\.Rn", A, _attr("insulation_negative")),
     # solar generators
     Rule(r"dc_conv\.dc_conv_struct\[(\d)\]\.enabled", G, _const(True)),
     Rule(r"dc_conv\.dc_conv_struct\[(\d)\]\.p_dc(_lp)?", G, _item("generator_power")),
     Rule(r"dc_conv\.dc_conv_struct\[(\d)\]\.u_sg(_lp)?", G, _item("generator_voltage")),
+    Rule(r"g_sync\.u_sg_avg\[(\d)\]", G, _item("generator_voltage")),
     Rule(r"dc_conv\.dc_conv_struct\[(\d)\]\.u_target", G, lambda inv, i: inv.plant.generator_voltage[i] + 1.5),
     Rule(r"dc_conv\.dc_conv_struct\[(\d)\]\.mpp\.mpp_step", G, lambda inv, i: 2.0 + 3.0 * i),
     *(Rule(rf"energy\.e_dc_{period}\[(\d)\]", G, _generator_energy(period)) for period in PERIODS),
+    # the external generator on the S0 input (I/O 1 set to "Input S0 external power" when there is one)
+    Rule(r"io_board\.io1_usage", A, lambda inv, i: IO_USAGE_S0_EXTERNAL if inv.plant.external_generator else 0),
+    Rule(r"io_board\.io2_usage", A, _const(0)),
+    Rule(r"io_board\.s0_external_power", X, _attr("external_power")),
+    *(Rule(rf"energy\.e_ext_{period}", X, _energy("ext", period)) for period in PERIODS),
     # energy counters (Wh; grid feed-in negative, as the inverter counts it)
     *(Rule(rf"energy\.e_ac_{period}", A, _energy("ac", period)) for period in PERIODS),
     *(Rule(rf"energy\.e_grid_feed_{period}", A, _energy("grid_feed", period)) for period in PERIODS),
@@ -182,27 +218,39 @@ RULES: tuple[Rule, ...] = (
     Rule(r"g_sync\.p_ac_load_sum_lp", A, _attr("load")),
     _per_phase(r"g_sync\.p_ac_load\[(\d)\]", "load_phase"),
     # battery (fractions 0..1 for state of charge and health, as the inverter reports them)
+    Rule(r"power_mng\.battery_type", A,
+         lambda inv, i: BATTERY_TYPE_RCT if inv.plant.battery_modules else BATTERY_TYPE_NONE),
     Rule(r"battery\.bms_sn", B, lambda inv, i: f"BMS{inv.serial[3:]}"),
     Rule(r"battery\.bms_software_version", B, _const(3292)),
     Rule(r"battery\.soc", B, _attr("soc")),
     Rule(r"battery\.soc_target", B, lambda inv, i: 0.97 if inv.plant.generator_power[0] > 0 else 0.5),
     Rule(r"power_mng\.soc_min", B, _const(0.07)),
+    Rule(r"power_mng\.soc_min_island", B, _const(0.07)),
+    Rule(r"power_mng\.soc_max", B, _const(0.97)),
     Rule(r"battery\.soh", B, _attr("soh")),
     Rule(r"battery\.voltage", B, _attr("battery_voltage")),
+    Rule(r"power_mng\.u_acc(_mix)?_lp", B, _attr("battery_voltage")),
+    Rule(r"adc\.u_acc", B, lambda inv, i: inv.plant.battery_voltage + 0.4),  # the inverter's own measurement
     Rule(r"battery\.current", B, _attr("battery_current")),
+    Rule(r"acc_conv\.i_acc_lp_(fast|slow)", B, _attr("battery_current")),
     Rule(r"g_sync\.p_acc_lp", B, _attr("battery_power")),
+    Rule(r"power_mng\.battery_power", B, _attr("battery_power")),
     Rule(r"battery\.temperature", B, _attr("battery_temperature")),
     Rule(r"power_mng\.state", B, lambda inv, i: _battery_state(inv.plant.battery_power)),
     Rule(r"battery\.status", B, _const(0)),
+    Rule(r"battery\.status2", B, _const(0)),
+    Rule(r"battery\.bat_status", B, _const(0)),  # a bit field: no bit set
+    Rule(r"battery\.efficiency", B, _attr("efficiency")),
+    Rule(r"battery\.bat_impedance\.impedance_fine", B, _attr("battery_impedance")),
     Rule(r"battery\.cycles", B, lambda inv, i: inv.plant.cycles),
     Rule(r"battery\.charged_amp_hours", B, _attr("charged_ah")),
     Rule(r"battery\.discharged_amp_hours", B, _attr("discharged_ah")),
     Rule(r"battery\.stored_energy", B, _attr("stored_wh")),
     Rule(r"battery\.used_energy", B, _attr("used_wh")),
-    Rule(r"battery\.min_cell_voltage", B, lambda inv, i: inv.plant.cell_voltage - 0.008),
-    Rule(r"battery\.max_cell_voltage", B, lambda inv, i: inv.plant.cell_voltage + 0.012),
-    Rule(r"battery\.min_cell_temperature", B, lambda inv, i: inv.plant.battery_temperature - 1.2),
-    Rule(r"battery\.max_cell_temperature", B, lambda inv, i: inv.plant.battery_temperature + 1.4),
+    Rule(r"battery\.min_cell_voltage", B, _stack("min_voltage")),
+    Rule(r"battery\.max_cell_voltage", B, _stack("max_voltage")),
+    Rule(r"battery\.min_cell_temperature", B, _stack("min_temperature")),
+    Rule(r"battery\.max_cell_temperature", B, _stack("max_temperature")),
     # battery modules (the inverter has 7 slots; empty ones answer 0)
     Rule(r"battery\.stack_software_version\[(\d)\]", M, _const(5599)),
     Rule(r"battery\.module_sn\[(\d)\]", M, lambda inv, i: f"PLB{inv.serial[3:]}{i}"),
@@ -211,7 +259,7 @@ RULES: tuple[Rule, ...] = (
       for stat in _STAT_FIELDS for part in _STAT_PARTS),
     Rule(r"battery\.cells_stat\[(\d)\]", M, lambda inv, i: module_history(i)),
     Rule(r"battery\.cells\[(\d)\]", M, _cells),
-    Rule(r"battery\.cells_resist\[(\d)\]", M, lambda inv, i: tuple(230 + (c * 11 + i) % 40 for c in range(24))),
+    Rule(r"battery\.cells_resist\[(\d)\]", M, _cells_resist),
     # Power Switch
     Rule(r"rb485\.available", PS, _const(True)),
     Rule(r"rb485\.version_main", PS, _const(0x0204)),
@@ -332,7 +380,13 @@ def resolve_all() -> dict[int, Resolved]:
 
 
 class Answers:
-    """Compute the payload and decoded value of the answer to a READ, for one simulated inverter."""
+    """Compute the payload and decoded value of the answer to a READ, for one simulated inverter.
+
+    An answer is computed at most once per state of the plant: until the plant next moves (every REFRESH_SECONDS
+    at most), a READ of the same object gets the same answer from a cache, and constant answers (absent parts,
+    registry defaults) are computed once. Clients that read the same objects thousands of times a second (the
+    benchmarks) so cost a dictionary look-up each.
+    """
 
     def __init__(self, inverter: Inverter) -> None:
         self.inverter = inverter
@@ -347,6 +401,8 @@ class Answers:
             else:
                 fn, constant = res.rule.value, None
             self._entries[object_id] = (encode, data_type, fn, res.index, constant)
+        #: The latest answer per object: (the plant's step it was computed at, or None if constant; the answer).
+        self._cache: dict[int, tuple[int | None, tuple[bytes, Any]]] = {}
 
     def __contains__(self, object_id: int) -> bool:
         return object_id in self._entries
@@ -358,9 +414,15 @@ class Answers:
             return None
         encode, data_type, fn, index, constant = entry
         if fn is None:
-            value = constant
+            step = None
         else:
-            self.inverter.plant.refresh()
-            value = fn(self.inverter, index)
-        payload = encode(value)
-        return payload, decode_any(data_type, payload)
+            plant = self.inverter.plant
+            plant.refresh()
+            step = plant.steps
+        cached = self._cache.get(object_id)
+        if cached is not None and cached[0] == step:
+            return cached[1]
+        payload = encode(constant if fn is None else fn(self.inverter, index))
+        answer = payload, decode_any(data_type, payload)
+        self._cache[object_id] = step, answer
+        return answer
