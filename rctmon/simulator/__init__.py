@@ -3,7 +3,8 @@
 The package's parts, each with one job:
 
 - `options`: what the simulated inverter has attached and which faults it injects; the command line;
-- `plant`: the physics (sun, household, battery and its cells, grid, external generator) over a compressed day;
+- `plant`: the physics (sun, household, battery, grid, external generator, calendar) over a compressed day;
+- `cells`: the cells of a battery module (24 LiFePO4 cells, one weak);
 - `values`: what each registry object answers, as a function of the plant;
 - `wire`: building answer frames and splitting a client's byte stream into requests, fast;
 - `server`: the TCP server, its fault injection and the request dispatch (`Simulator`, `SimulatorThread`).
