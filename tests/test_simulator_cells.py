@@ -122,7 +122,7 @@ def test_the_stack_voltage_and_the_extreme_cells_agree_with_the_cells(
         simulator: Callable[..., SimulatorThread], clients: Callable[[int], Client]) -> None:
     sim = simulator(battery_modules=MODULES)
     client = clients(sim.port)
-    plant = sim.simulator._plant
+    plant = sim.simulator.plant
     names = ["battery.voltage", "battery.min_cell_voltage", "battery.max_cell_voltage",
              "battery.min_cell_temperature", "battery.max_cell_temperature"]
     values = client.read(names + [f"battery.cells[{m}]" for m in range(MODULES)])
@@ -185,3 +185,16 @@ def test_a_cell_sits_above_its_rest_voltage_while_charging_and_below_it_while_di
     assert open_circuit_voltage(0.1) < open_circuit_voltage(0.5) < open_circuit_voltage(0.95)
     assert ModuleCells(1).state(0.5, 0.0, 25.0) != rest  # modules differ
     assert ModuleCells(0).state(0.5, 0.0, 25.0) == rest  # and every run sees the same cells
+
+
+@pytest.mark.parametrize("module", range(7))
+def test_every_modules_weak_cell_is_the_lowest_at_rest_and_under_load_and_always_the_most_resistant(
+        module: int) -> None:
+    cells = ModuleCells(module)
+    for soc in (0.08, 0.2, 0.5, 0.65, 0.8, 0.95, 1.0):
+        for current in (0.0, 1.0, 25.0, -25.0):
+            for temperature in (10.0, 25.0):
+                state = cells.state(soc, current, temperature)
+                if current >= 0.0:
+                    assert min(range(CELLS_PER_MODULE), key=lambda c: state[c].voltage) == cells.weak
+                assert max(range(CELLS_PER_MODULE), key=lambda c: state[c].resistance) == cells.weak

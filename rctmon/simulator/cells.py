@@ -1,7 +1,7 @@
 """The cells of one simulated battery module: 24 LiFePO4 cells in series, each a little different, one of them weak.
 
 An RCT Power battery module holds 24 cells (shared fixtures: battery.cells[0] carries 24 records, 3.318-3.327 V and
-25-28 degC at rest; battery.cells_resist[0] 1.32-2.42 mOhm). Each cell here has fixed traits drawn once per module
+25-28 degC; battery.cells_resist[0] 1.32-2.42 mOhm). Each cell here has fixed traits drawn once per module
 from a generator seeded with the module index, so every run and every test sees the same cells:
 
 - a resistance (about 1.3-2.4 mOhm at 25 degC, higher in the cold) and a small offset of its open-circuit voltage;
@@ -28,9 +28,13 @@ OCV_CURVE: tuple[tuple[float, float], ...] = (
 _OCV_SOC = tuple(soc for soc, _ in OCV_CURVE)
 #: How much further than its ohmic drop a cell's voltage moves under current (polarisation), as a factor.
 POLARISATION = 1.2
-#: The weak cell: how much less of its charge it holds at the same state of charge, and how much its resistance
-#: exceeds what it would otherwise have.
+#: Healthy cells' resistance at 25 degC (ohm) and voltage offsets (V): drawn uniformly from these ranges.
+RESISTANCE_RANGE = (1.35e-3, 2.35e-3)
+VOLTAGE_OFFSET = 0.002
+#: The weak cell: how much less of its charge it holds at the same state of charge, how far its voltage sits below
+#: the healthy cells' at rest, and how much its resistance exceeds the highest a healthy cell has.
 WEAK_SOC_DEFICIT = 0.04
+WEAK_VOLTAGE_OFFSET = -0.003
 WEAK_RESISTANCE_FACTOR = 1.45
 #: Resistance rises this much per degree below 25 degC (and falls above it).
 RESISTANCE_PER_KELVIN = 0.015
@@ -64,11 +68,14 @@ class ModuleCells:
         rng = random.Random(1000 + module)
         self.module = module
         self.weak = weak_cell(module)
-        self._resistance = [rng.uniform(1.35e-3, 2.35e-3) * (WEAK_RESISTANCE_FACTOR if c == self.weak else 1.0)
+        weak = self.weak
+        weak_resistance = RESISTANCE_RANGE[1] * WEAK_RESISTANCE_FACTOR
+        self._resistance = [weak_resistance if c == weak else rng.uniform(*RESISTANCE_RANGE)
                             for c in range(CELLS_PER_MODULE)]
-        self._soc_offset = [-WEAK_SOC_DEFICIT if c == self.weak else rng.uniform(-0.01, 0.01)
+        self._soc_offset = [-WEAK_SOC_DEFICIT if c == weak else rng.uniform(-0.01, 0.01)
                             for c in range(CELLS_PER_MODULE)]
-        self._voltage_offset = [rng.uniform(-0.002, 0.002) for _ in range(CELLS_PER_MODULE)]
+        self._voltage_offset = [WEAK_VOLTAGE_OFFSET if c == weak else rng.uniform(-VOLTAGE_OFFSET, VOLTAGE_OFFSET)
+                                for c in range(CELLS_PER_MODULE)]
         # The middle of the stack runs up to 3 K warmer than its ends; lower modules a little cooler.
         self._warmth = [3.0 * (1.0 - abs(c - (CELLS_PER_MODULE - 1) / 2) / (CELLS_PER_MODULE / 2))
                         + rng.uniform(-0.3, 0.3) - 0.4 * module for c in range(CELLS_PER_MODULE)]

@@ -250,6 +250,11 @@ class Simulator:
         return self._port
 
     @property
+    def plant(self) -> Plant:
+        """The simulated installation behind the answers (what tests compare with, what history is made from)."""
+        return self._plant
+
+    @property
     def online(self) -> bool:
         return self._server is not None
 
