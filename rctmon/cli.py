@@ -63,6 +63,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 }
 #: Commands that run without a configuration file (they use the defaults when none is given).
 NO_CONFIG_NEEDED = {"simulator", "demo"}
+#: Commands that first check that this machine can run what the configuration enables (rctmon.preflight).
+PREFLIGHT = {"daemon", "check-config"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rctmon: {exc}", file=sys.stderr)
         return 2
+    if args.command in PREFLIGHT:
+        from rctmon.preflight import preflight
+
+        problems = preflight(config)
+        if problems:
+            print(f"rctmon: {ConfigError(problems, source=path or 'configuration')}", file=sys.stderr)
+            return 2
     args.config = path
     try:
         setup_logging(config, debug=args.debug, frame_debug=args.frame_debug)

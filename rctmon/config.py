@@ -1,31 +1,57 @@
 """Configuration: the YAML file, validated once, with every key at a default.
 
 Each section is a dataclass whose field defaults are the documented defaults (config.example.yml shows the same).
-Unknown keys and wrong types are reported all at once, each naming its key, before anything starts. Secrets (the
-InfluxDB token, passwords) may come from the file, a file of their own or an environment variable, and are masked
-whenever the configuration is printed.
+Unknown keys, wrong types, numbers out of range and strings with control characters are reported all at once,
+each naming its key, before anything starts. The file itself is read with bounded cost (`rctmon.safeyaml`).
+Secrets (the InfluxDB token, passwords) may come from the file, a file of their own or an environment variable,
+and are masked whenever the configuration is printed.
+
+Whether the environment can run what the file asks for (modules, certificates, the spool directory) is a separate
+question, answered by `rctmon.preflight`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import difflib
+import math
 import os
 import stat
+import unicodedata
+import zoneinfo
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-from collections.abc import Mapping
+from typing import Any, Callable
+from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
+from rctmon import safeyaml
+from rctmon.durations import format_duration, parse_duration
+
 DEFAULT_CONFIG_PATH = "/etc/rctmon.yml"
 MASK = "********"
+MAX_SECRET_FILE_BYTES = 64 * 1024  # a token is a few hundred bytes; /dev/zero as a secret file must not hang us
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; the message lists every problem, one per line."""
+    """The configuration is invalid or cannot be read; `problems` holds one line per problem, each naming its key.
+
+    `source` (the file, when known) leads the message: one problem reads as one line, several as a list.
+    """
+
+    def __init__(self, problems: str | list[str], source: str = "") -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return f"{self.source}: {self.problems[0]}" if self.source else self.problems[0]
+        return (f"{self.source or 'invalid configuration'}: {len(self.problems)} problems:\n  "
+                + "\n  ".join(self.problems))
 
 
 DEFAULT_LOGGING: dict[str, Any] = {
@@ -41,6 +67,9 @@ DEFAULT_LOGGING: dict[str, Any] = {
     },
     "root": {"level": "INFO", "handlers": ["console"]},
 }
+
+#: Field metadata of a key whose value is a duration (`36h`, `14d`, `90m`, `45s` or seconds), kept in seconds.
+DURATION = {"duration": True}
 
 
 @dataclass
@@ -61,6 +90,8 @@ class DeviceConfig:
     request_timeout: float = 1.0  # the longest wait for an answer before re-asking; usually less (from measured RTT)
     max_in_flight: int = 16  # requests sent before their answers arrived; shrinks when the inverter drops some
     silence_timeout: float = 30.0  # seconds without any answer before the connection is considered dead
+    #: IANA zone of the inverter's wall clock (it sends local time as if it were UTC); empty: the host's zone.
+    timezone: str = ""
     intervals: Intervals = field(default_factory=Intervals)
 
 
@@ -119,11 +150,21 @@ class MqttConfig:
 
 
 @dataclass
+class HistoryConfig:
+    """Filling gaps in the record from the inverter's own logger."""
+
+    backfill: bool = True
+    first_start: float = field(default=86400.0, metadata=DURATION)  # how far back to fill when there is no record
+    max_gap: float = field(default=604800.0, metadata=DURATION)  # never ask for more than this at once
+
+
+@dataclass
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     influxdb: InfluxDBConfig = field(default_factory=InfluxDBConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     logging: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_LOGGING))
     #: Problems worth a warning that do not stop rctmon (not a configuration key).
     warnings: list[str] = field(default_factory=list, compare=False)
@@ -139,6 +180,116 @@ _SECRET_KEYS = {key for key, _, _ in SECRETS}
 _DEFAULT_SECRETS = {"your-token", ""}
 
 
+# --- the allowed values ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take; `what` says them in the error message (`must be <what>, got <value>`)."""
+
+    low: float
+    high: float
+    what: str
+    low_open: bool = False  # `low` itself is not allowed
+
+    def allows(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return math.isfinite(value) and above and value <= self.high
+
+
+def _seconds(low: float, high: float, low_open: bool = False) -> Range:
+    return Range(low, high, f"a finite number of seconds {'>' if low_open else '>='} {low:g} and <= {high:g}",
+                 low_open)
+
+
+def _integer(low: int, high: int) -> Range:
+    return Range(low, high, f"an integer from {low} to {high}")
+
+
+def _duration(low: float, high: float, low_open: bool = False) -> Range:
+    return Range(low, high, f"a duration {'>' if low_open else '>='} {format_duration(low)} and <= "
+                            f"{format_duration(high)}", low_open)
+
+
+_PORT = Range(1, 65535, "a TCP port (1-65535)")
+_DAY = 86400.0
+_WEEK = 7 * _DAY
+
+#: The range of every number in the configuration. Upper bounds matter too: an interval of 1e300 seconds overflows
+#: the event loop's timer, a spool bound beyond 2**63 overflows sqlite. A test proves no number is missing here.
+RANGES: dict[str, Range] = {
+    "device.port": _PORT,
+    "device.connect_timeout": _seconds(0.01, 600),
+    "device.request_timeout": _seconds(0.01, 600),
+    "device.max_in_flight": _integer(1, 256),
+    "device.silence_timeout": _seconds(0.1, _DAY),
+    "device.intervals.fast": _seconds(0.1, _WEEK),
+    "device.intervals.medium": _seconds(0.1, _WEEK),
+    "device.intervals.slow": _seconds(0.1, _WEEK),
+    "device.intervals.static": _seconds(0.1, _WEEK),
+    "prometheus.bind_port": _PORT,
+    "influxdb.batch_size": _integer(1, 1_000_000),
+    "influxdb.flush_interval": _seconds(0.01, 3600),
+    "influxdb.timeout": _seconds(0.1, 3600),
+    "influxdb.spool_max_points": _integer(1000, 1_000_000_000),
+    "mqtt.port": _PORT,
+    "mqtt.qos": Range(0, 2, "0, 1 or 2"),
+    "history.first_start": _duration(0, 366 * _DAY),
+    "history.max_gap": _duration(0, 366 * _DAY, low_open=True),
+}
+
+
+def _not_empty(value: str) -> str | None:
+    return "must not be empty" if not value.strip() else None
+
+
+def _http_url_problem(value: str) -> str | None:
+    try:
+        url = urlsplit(value)
+        port_ok = url.port is None or url.port > 0  # .port raises ValueError beyond 65535
+    except ValueError:
+        port_ok = False
+    if url.scheme not in ("http", "https") or not url.hostname or not port_ok:
+        return f"must be an http:// or https:// URL such as http://localhost:8086, got {_show(value)}"
+    return None
+
+
+def _topic_problem(value: str) -> str | None:
+    if "+" in value or "#" in value:
+        return f"must not contain the MQTT wildcards + or #, got {_show(value)}"
+    return None
+
+
+def _time_zone_problem(value: str) -> str | None:
+    if not value:
+        return None  # the host's zone
+    try:
+        zoneinfo.ZoneInfo(value)
+        return None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # unknown; a directory like `Europe`; a bad path
+        hint = difflib.get_close_matches(value, zoneinfo.available_timezones(), n=1)
+        return (f"unknown time zone {_show(value)}; expected an IANA name such as Europe/Berlin"
+                + (f" (did you mean {hint[0]}?)" if hint else ""))
+
+
+#: Further rules for particular strings (every string is also checked for control characters).
+STRING_RULES: dict[str, Callable[[str], str | None]] = {
+    "device.host": _not_empty,
+    "device.timezone": _time_zone_problem,
+    "influxdb.url": _http_url_problem,
+    "mqtt.host": _not_empty,
+    "mqtt.topic_prefix": _topic_problem,
+    "mqtt.discovery_prefix": lambda value: _not_empty(value) or _topic_problem(value),
+}
+
+
+# --- reading the sections -------------------------------------------------------------------------------------------
+
+def _show(value: Any) -> str:
+    """Return a short repr for an error message: a 1 MB string must not become a 1 MB message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _type_name(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
         type(value), type(value).__name__)
@@ -150,7 +301,11 @@ def _coerce(key: str, default: Any, value: Any, errors: list[str]) -> Any:
         ok = isinstance(value, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        if ok:
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any float: out of every range below
+                value = math.inf
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, str):
@@ -158,7 +313,8 @@ def _coerce(key: str, default: Any, value: Any, errors: list[str]) -> Any:
     else:
         ok = isinstance(value, dict)
     if not ok:
-        errors.append(f"{key}: expected {_type_name(default)}, got {value!r}")
+        shown = "a value of another type" if key in _SECRET_KEYS else _show(value)
+        errors.append(f"{key}: expected {_type_name(default)}, got {shown}")
         return default
     return value
 
@@ -168,11 +324,11 @@ def _load_section(cls: type, prefix: str, data: Any, errors: list[str]) -> Any:
     if data is None:  # "sections may be empty"
         return section
     if not isinstance(data, dict):
-        errors.append(f"{prefix}: expected a mapping of keys, got {data!r}")
+        errors.append(f"{prefix}: expected a mapping of keys, got {_show(data)}")
         return section
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
-        dotted = f"{prefix}.{key}"
+        dotted = f"{prefix}.{_short_key(key if isinstance(key, str) else _show(key))}"
         if key not in fields:
             hint = difflib.get_close_matches(str(key), fields, n=1)
             errors.append(f"{dotted}: unknown key" + (f" (did you mean {prefix}.{hint[0]}?)" if hint else ""))
@@ -180,36 +336,57 @@ def _load_section(cls: type, prefix: str, data: Any, errors: list[str]) -> Any:
         default = getattr(section, key)
         if dataclasses.is_dataclass(default):
             setattr(section, key, _load_section(type(default), dotted, value, errors))
+        elif fields[key].metadata.get("duration"):
+            try:
+                setattr(section, key, parse_duration(value))
+            except ValueError as exc:
+                errors.append(f"{dotted}: {exc}")
         else:
             setattr(section, key, _coerce(dotted, default, value, errors))
     return section
 
 
+def _short_key(name: str) -> str:
+    """Return a key as written, shortened for an error message."""
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
+def walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield (dotted key, value) of every key below `obj`, nested sections expanded."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
+def _control_character_problem(value: str) -> str | None:
+    """Name the first control character in `value` (never the value itself: it may be a secret)."""
+    for position, char in enumerate(value):
+        if unicodedata.category(char) == "Cc":
+            return f"must not contain control characters (U+{ord(char):04X} at character {position + 1})"
+    return None
+
+
 def _check_values(config: Config, errors: list[str]) -> None:
-    checks = (
-        ("device.port", 1 <= config.device.port <= 65535, "must be a TCP port (1-65535)"),
-        ("prometheus.bind_port", 1 <= config.prometheus.bind_port <= 65535, "must be a TCP port (1-65535)"),
-        ("mqtt.port", 1 <= config.mqtt.port <= 65535, "must be a TCP port (1-65535)"),
-        ("mqtt.qos", config.mqtt.qos in (0, 1, 2), "must be 0, 1 or 2"),
-        ("device.max_in_flight", config.device.max_in_flight >= 1, "must be at least 1"),
-        ("device.request_timeout", config.device.request_timeout > 0, "must be positive"),
-        ("influxdb.batch_size", config.influxdb.batch_size >= 1, "must be at least 1"),
-        ("influxdb.flush_interval", config.influxdb.flush_interval > 0, "must be positive"),
-        ("influxdb.spool_max_points", config.influxdb.spool_max_points >= 1000, "must be at least 1000"),
+    for key, value in walk(config):
+        if key in ("logging", "warnings"):
+            continue
+        if key in RANGES and not RANGES[key].allows(value):
+            shown = format_duration(value) if math.isfinite(value) and key.startswith("history.") else _show(value)
+            errors.append(f"{key}: must be {RANGES[key].what}, got {shown}")
+        elif isinstance(value, str):
+            problem = _control_character_problem(value) or (STRING_RULES[key](value) if key in STRING_RULES else None)
+            if problem:
+                errors.append(f"{key}: {problem}")
+    pairs = (
         ("prometheus.tls_key_file", bool(config.prometheus.tls_cert_file) == bool(config.prometheus.tls_key_file),
          "tls_cert_file and tls_key_file must be set together"),
+        ("mqtt.tls.key_file", bool(config.mqtt.tls.cert_file) or not config.mqtt.tls.key_file,
+         "set without mqtt.tls.cert_file (the key belongs to a client certificate)"),
     )
-    errors.extend(f"{key}: {why}" for key, ok, why in checks if not ok)
-    files = (("prometheus.tls_cert_file", config.prometheus.tls_cert_file),
-             ("prometheus.tls_key_file", config.prometheus.tls_key_file),
-             ("mqtt.tls.ca_file", config.mqtt.tls.ca_file),
-             ("mqtt.tls.cert_file", config.mqtt.tls.cert_file),
-             ("mqtt.tls.key_file", config.mqtt.tls.key_file))
-    errors.extend(f"{key}: no readable file at {path}" for key, path in files
-                  if path and not os.access(path, os.R_OK))
-    for name in ("fast", "medium", "slow", "static"):
-        if getattr(config.device.intervals, name) <= 0:
-            errors.append(f"device.intervals.{name}: must be positive")
+    errors.extend(f"{key}: {why}" for key, ok, why in pairs if not ok)
 
 
 def _get(config: Config, dotted: str) -> Any:
@@ -227,14 +404,30 @@ def _set(config: Config, dotted: str, value: Any) -> None:
     setattr(obj, last, value)
 
 
+def read_secret_file(path: str) -> str:
+    """Return the first line of a secret file, whitespace stripped; raise OSError or ValueError saying why not."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_SECRET_FILE_BYTES + 1)
+    if len(raw) > MAX_SECRET_FILE_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_SECRET_FILE_BYTES // 1024} kB; not a secret file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
 def _resolve_secrets(config: Config, environ: Mapping[str, str], errors: list[str]) -> None:
     for key, env, file_key in SECRETS:
         path = _get(config, file_key)
-        if path:
+        if path and not _control_character_problem(path):  # a bad path is reported by _check_values
             try:
-                _set(config, key, Path(path).read_text(encoding="utf-8").strip())
+                _set(config, key, read_secret_file(path))
             except OSError as exc:
-                errors.append(f"{file_key}: cannot read {path}: {exc.strerror}")
+                errors.append(f"{file_key}: cannot read {path}: {exc.strerror or exc}")
+            except ValueError as exc:
+                errors.append(f"{file_key}: {exc}")
         if environ.get(env):
             _set(config, key, environ[env])
 
@@ -246,15 +439,15 @@ def parse(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"the configuration must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"the configuration must be a mapping of sections, got {_type_name(data)}")
     sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "warnings"}
     for name, value in data.items():
         if name not in sections:
             hint = difflib.get_close_matches(str(name), sections, n=1)
-            errors.append(f"{name}: unknown section" + (f" (did you mean {hint[0]}?)" if hint else ""))
+            errors.append(f"{_short_key(str(name))}: unknown section" + (f" (did you mean {hint[0]}?)" if hint else ""))
         elif name == "logging":
             if value is not None and not isinstance(value, dict):
-                errors.append(f"logging: expected a mapping for logging.config.dictConfig, got {value!r}")
+                errors.append(f"logging: expected a mapping for logging.config.dictConfig, got {_show(value)}")
             elif value:
                 config.logging = value
         else:
@@ -262,21 +455,30 @@ def parse(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     _resolve_secrets(config, os.environ if environ is None else environ, errors)
     _check_values(config, errors)
     if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+        raise ConfigError(errors)
     return config
 
 
-def load(path: str, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, parse and validate a YAML file; raise ConfigError with a clear message on any problem."""
+def load(path: str, environ: Mapping[str, str] | None = None, refuse_empty: bool = False) -> Config:
+    """Read, parse and validate a YAML file; raise ConfigError, naming the file, on any problem.
+
+    At start an empty file means every default. On a reload pass `refuse_empty=True`: a file that is empty (or
+    holds only whitespace and comments) is then refused, because it is most likely being rewritten right now and
+    every default is not what the admin meant.
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = safeyaml.read(path)
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
+    except safeyaml.YamlRefused as exc:
+        raise ConfigError(str(exc)) from None
+    if refuse_empty and data is None:
+        raise ConfigError("the file is empty (or holds only comments); keeping the configuration in use",
+                          source=path)
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    config = parse(data, environ)
+        config = parse(data, environ)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=path) from None
     config.warnings.extend(_permission_warnings(path, data))
     return config
 
@@ -296,6 +498,36 @@ def _permission_warnings(path: str, data: Any) -> list[str]:
         return [f"{path} contains a secret and is readable by every user (mode {stat.S_IMODE(mode):o}); "
                 f"run: chmod o-r {path}"]
     return []
+
+
+def device_timezone(device: DeviceConfig) -> datetime.tzinfo:
+    """Return the zone of the inverter's wall clock: `device.timezone`, or the host's zone when it is empty."""
+    return zoneinfo.ZoneInfo(device.timezone) if device.timezone else host_timezone()
+
+
+def host_timezone(environ: Mapping[str, str] | None = None, localtime: str = "/etc/localtime") -> datetime.tzinfo:
+    """Return the host's zone with its DST rules ($TZ, else /etc/localtime), UTC when neither names one.
+
+    `datetime.now().astimezone()` would give a fixed offset: right today, an hour off across a DST change.
+    """
+    env = os.environ if environ is None else environ
+    name = env.get("TZ", "").lstrip(":")
+    try:
+        if name:
+            if os.path.isabs(name):
+                with open(name, "rb") as f:
+                    return zoneinfo.ZoneInfo.from_file(f, key=name)
+            return zoneinfo.ZoneInfo(name)
+        target = os.path.realpath(localtime)
+        if "/zoneinfo/" in target:  # a link into the zone database: use the zone by its name
+            try:
+                return zoneinfo.ZoneInfo(target.split("/zoneinfo/", 1)[1])
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+                pass
+        with open(localtime, "rb") as f:
+            return zoneinfo.ZoneInfo.from_file(f, key="localtime")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return datetime.timezone.utc
 
 
 def masked(config: Config) -> dict[str, Any]:

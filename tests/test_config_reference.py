@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from rctmon import config as cfg
+from rctmon.durations import format_duration, parse_duration
 from support import REPO, rctmon_command
 
 DOC = os.path.join(REPO, "docs", "configuration.md")
@@ -39,6 +40,26 @@ def config_keys(obj: Any = None, prefix: str = "") -> dict[str, Any]:
     return keys
 
 
+def duration_keys(obj: Any = None, prefix: str = "") -> set[str]:
+    """Return the keys whose values are durations (`1d`): the docs and the example write them so, not in seconds."""
+    obj = cfg.Config() if obj is None else obj
+    keys: set[str] = set()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys |= duration_keys(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("duration"):
+            keys.add(f"{prefix}{f.name}")
+    return keys
+
+
+def same_default(key: str, written: Any, default: Any) -> bool:
+    """Compare a default as the docs or the example write it with the code's: durations through their parser."""
+    if key in duration_keys():
+        return isinstance(written, str) and parse_duration(written) == default and format_duration(default) == written
+    return same_value(written, default)
+
+
 def yaml_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Return the dotted keys of parsed YAML; `logging` is one key (its value goes to dictConfig whole)."""
     keys: dict[str, Any] = {}
@@ -56,12 +77,20 @@ def same_value(documented: Any, default: Any) -> bool:
     return type(documented) is type(default) and documented == default
 
 
-def doc_rows() -> dict[str, str]:
+ALLOWED = "## Allowed values"  # the section whose table lists rctmon.config.RANGES, not the keys' defaults
+
+
+def doc_rows(section: str | None = None) -> dict[str, str]:
+    """Return key -> second cell of the reference tables (of the one `section`, e.g. ALLOWED, if given)."""
     rows: dict[str, str] = {}
+    current = ""
     with open(DOC, encoding="utf-8") as f:
         for line in f:
+            if line.startswith("## "):
+                current = line.strip()
             m = ROW.match(line)
-            if m and m.group("key") not in ("key", "secret"):
+            if m and m.group("key") not in ("key", "secret") and (current == section or
+                                                                  (section is None and current != ALLOWED)):
                 assert m.group("key") not in rows, f"{m.group('key')} is listed twice in docs/configuration.md"
                 rows[m.group("key")] = m.group("default")
     return rows
@@ -73,6 +102,7 @@ def test_walk_finds_nested_keys():
     assert keys["device.intervals.fast"] == 10.0
     assert keys["mqtt.tls.insecure"] is False
     assert "warnings" not in keys and "logging" in keys
+    assert duration_keys() == {"history.first_start", "history.max_gap"}
 
 
 @pytest.mark.timeout(10)
@@ -91,9 +121,14 @@ def test_reference_shows_each_default():
         if isinstance(default, dict):  # shown as a YAML block below the table (checked next)
             continue
         m = re.fullmatch(r"`([^`]*)`", cell)
-        if not m or not same_value(yaml.safe_load(m.group(1) or "''"), default):
+        if not m or not same_default(key, yaml.safe_load(m.group(1) or "''"), default):
             wrong.append(f"{key}: documented {cell}, default is {default!r}")
     assert not wrong, "wrong defaults in docs/configuration.md:\n" + "\n".join(wrong)
+
+
+@pytest.mark.timeout(10)
+def test_reference_lists_every_allowed_range():
+    assert doc_rows(ALLOWED) == {key: rule.what for key, rule in cfg.RANGES.items()}
 
 
 @pytest.mark.timeout(10)
@@ -115,7 +150,7 @@ def test_example_has_every_key_at_its_default():
                                        f"unknown there: {sorted(set(shown) - set(actual))}")
     parsed = yaml_keys(dataclasses.asdict(cfg.parse(data, environ={})))
     wrong = [f"{key}: {shown[key]!r} != default {default!r}" for key, default in actual.items()
-             if not same_value(parsed[key], default) or shown[key] != default]
+             if not same_value(parsed[key], default) or not same_default(key, shown[key], default)]
     assert not wrong, "config.example.yml differs from the defaults:\n" + "\n".join(wrong)
 
 

@@ -1,0 +1,203 @@
+"""What each part of rctmon needs from the machine, and the checks that it has it: the table behind preflight.
+
+These run in the forked process `rctmon.preflight` starts, so they may import what they like (ssl, sqlite3 by way of
+the spool module, the exporters' libraries): none of it reaches the caller.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import ssl
+import stat
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+from collections.abc import Iterable, Iterator, Mapping
+
+from rctmon.config import SECRETS, Config, read_secret_file
+from rctmon.exporters.spool import spool_path
+
+MAX_PEM_BYTES = 1 << 20  # a certificate chain is a few kB; /dev/zero as a certificate must not hang us
+
+Check = Callable[[Config, Mapping[str, str]], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one part of rctmon needs from the machine while its section enables it."""
+
+    enabled: Callable[[Config], bool]
+    key: str  # the key a problem with a module is reported under (the one that enabled the part)
+    modules: tuple[tuple[str, str], ...] = ()  # (module to import, distribution that provides it)
+    checks: tuple[Check, ...] = ()
+
+
+# --- files ----------------------------------------------------------------------------------------------------------
+
+def _file_problem(key: str, path: str, limit: int = MAX_PEM_BYTES) -> str | None:
+    """Return why `path` is no small readable regular file, or None."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return f"{key}: {path} is not a regular file"
+        if info.st_size > limit:
+            return f"{key}: {path} is larger than {limit // 1024} kB; not a PEM file"
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return f"{key}: cannot read {path}: {exc.strerror or exc}"
+
+
+class _PassphraseNeeded(Exception):
+    """The private key is encrypted: nobody is there to type its passphrase."""
+
+
+def _refuse_passphrase() -> bytes:
+    raise _PassphraseNeeded
+
+
+def _certificate_problem(key: str, path: str) -> str | None:
+    """Return why `path` holds no PEM certificate ssl can load, or None."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+        return None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return f"{key}: {path} holds no PEM certificate ssl can load ({_ssl_reason(exc)})"
+
+
+def _key_pair_problem(purpose: int, cert_key: str, cert: str, key_key: str, key: str) -> str | None:
+    """Return why ssl cannot load the certificate with its private key as the server or client would, or None."""
+    key_key, key_shown = (key_key, key) if key else (cert_key, cert)  # no key file: the key is in the cert file
+    try:
+        ssl.SSLContext(purpose).load_cert_chain(cert, key or None, password=_refuse_passphrase)
+        return None
+    except _PassphraseNeeded:
+        return (f"{key_key}: the private key in {key_shown} is encrypted and rctmon cannot ask for its passphrase; "
+                f"store it unencrypted, readable by rctmon only")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+            return f"{key_key}: the private key in {key_shown} does not belong to the certificate in {cert}"
+        return f"{key_key}: {key_shown} holds no PEM private key ssl can load ({_ssl_reason(exc)})"
+
+
+def _ssl_reason(exc: Exception) -> str:
+    """Return OpenSSL's reason (`NO_CERTIFICATE_OR_CRL_FOUND`) readably; its bare "PEM lib" means broken PEM."""
+    reason = getattr(exc, "reason", None)
+    if reason:
+        return str(reason).replace("_", " ").lower()
+    if isinstance(exc, ssl.SSLError) and "PEM lib" in str(exc):
+        return "not valid PEM"
+    return str(exc)
+
+
+def _tls_problems(purpose: int, cert_key: str, cert: str, key_key: str, key: str,
+                  ca_key: str = "", ca: str = "") -> Iterator[str]:
+    """Yield what keeps ssl from loading the files of one TLS set-up, each naming its key."""
+    if ca and (problem := _file_problem(ca_key, ca) or _certificate_problem(ca_key, ca)):
+        yield problem
+    if not cert:
+        return
+    unreadable = [problem for k, p in ((cert_key, cert), (key_key, key)) if p and (problem := _file_problem(k, p))]
+    yield from unreadable
+    if not unreadable and (problem := _certificate_problem(cert_key, cert)
+                           or _key_pair_problem(purpose, cert_key, cert, key_key, key)):
+        yield problem
+
+
+def _prometheus_tls(config: Config, environ: Mapping[str, str]) -> Iterator[str]:
+    p = config.prometheus
+    if p.tls_cert_file:
+        yield from _tls_problems(ssl.PROTOCOL_TLS_SERVER, "prometheus.tls_cert_file", p.tls_cert_file,
+                                 "prometheus.tls_key_file", p.tls_key_file)
+
+
+def _mqtt_tls(config: Config, environ: Mapping[str, str]) -> Iterator[str]:
+    t = config.mqtt.tls
+    if t.enable:
+        yield from _tls_problems(ssl.PROTOCOL_TLS_CLIENT, "mqtt.tls.cert_file", t.cert_file,
+                                 "mqtt.tls.key_file", t.key_file, "mqtt.tls.ca_file", t.ca_file)
+
+
+def _secret_files(section: str) -> Check:
+    def check(config: Config, environ: Mapping[str, str]) -> Iterator[str]:
+        for _, env, file_key in SECRETS:
+            name, field_name = file_key.split(".")
+            path = getattr(getattr(config, name), field_name)
+            if name != section or not path or environ.get(env):
+                continue
+            try:
+                read_secret_file(path)
+            except OSError as exc:
+                yield f"{file_key}: cannot read {path}: {exc.strerror or exc}"
+            except ValueError as exc:
+                yield f"{file_key}: {exc}"
+    return check
+
+
+def _spool_directory(config: Config, environ: Mapping[str, str]) -> Iterator[str]:
+    """Yield why the influxdb child could not create or write its spool (`spool.spool_path`), if it could not."""
+    key = "influxdb.spool_path"
+    try:
+        path = spool_path(config.influxdb, environ)
+    except (RuntimeError, KeyError):  # no home directory to put the default under
+        yield f"{key}: empty, and neither $STATE_DIRECTORY nor a home directory says where the spool goes; set it"
+        return
+    where = path
+    try:
+        if path.exists() and not path.is_file():
+            yield f"{key}: {path} exists and is not a regular file"
+            return
+        existing = path.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            yield f"{key}: cannot create {path}: {existing} is not a directory"
+            return
+        where = existing
+        with tempfile.TemporaryFile(dir=existing):  # the real test: permissions, ACLs, read-only mounts, a full disk
+            pass
+        if path.exists():
+            where = path
+            with open(path, "r+b"):
+                pass
+    except OSError as exc:
+        yield f"{key}: cannot write the spool {path}: {where}: {exc.strerror or exc}"
+
+
+# --- the table ------------------------------------------------------------------------------------------------------
+
+#: What each part needs while its section enables it. systemd-python is optional everywhere: never required here.
+NEEDS: dict[str, Needs] = {
+    "device": Needs(lambda c: True, "device", modules=(("rctclient", "rctclient"),)),
+    "prometheus": Needs(lambda c: c.prometheus.enable, "prometheus.enable",
+                        modules=(("prometheus_client", "prometheus-client"), ("h11", "h11")),
+                        checks=(_prometheus_tls, _secret_files("prometheus"))),
+    "influxdb": Needs(lambda c: c.influxdb.enable, "influxdb.enable",
+                      modules=(("influxdb_client", "influxdb-client"),),
+                      checks=(_spool_directory, _secret_files("influxdb"))),
+    "mqtt": Needs(lambda c: c.mqtt.enable, "mqtt.enable",
+                  modules=(("paho.mqtt.client", "paho-mqtt"),),
+                  checks=(_mqtt_tls, _secret_files("mqtt"))),
+}
+
+
+def run(config: Config, environ: Mapping[str, str], emit: Callable[[str, str], None]) -> None:
+    """Check every enabled part; emit ("begin", key) before each part and ("problem", line) for each problem."""
+    for needs in NEEDS.values():
+        if not needs.enabled(config):
+            continue
+        emit("begin", needs.key)
+        for module, distribution in needs.modules:
+            try:
+                importlib.import_module(module)
+            except BaseException as exc:  # noqa: BLE001 - any failure of an import is the answer
+                why = f"{type(exc).__name__}: {exc}"
+                emit("problem", f"{needs.key}: cannot import {module} ({why[:300]}); install {distribution}")
+        for check in needs.checks:
+            try:
+                for problem in check(config, environ):
+                    emit("problem", problem)
+            except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others' findings
+                emit("problem", f"{needs.key}: {getattr(check, '__name__', 'a check')} failed: "
+                                f"{type(exc).__name__}: {exc}")
