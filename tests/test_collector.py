@@ -177,16 +177,17 @@ def test_the_send_layer_refuses_anything_but_a_registry_object_id(bad: Any) -> N
 
 
 def test_the_send_layer_has_no_other_way_to_send() -> None:
-    assert [name for name in dir(ReadOnlyLink) if not name.startswith("_")] == ["read"]
+    # read, and the logger query (tests/test_history_link.py proves it over every registry id)
+    assert [name for name in dir(ReadOnlyLink) if not name.startswith("_")] == ["check_query", "query", "read"]
     assert "__dict__" not in dir(ReadOnlyLink)  # slots only: nothing can be attached to it later
     public = {name for name in dir(InverterConnection) if not name.startswith("_")}
     assert not {"write", "send", "transport", "writelines"} & public
-    # the only frame the collector package ever builds is the READ in ReadOnlyLink
+    # the only frames the collector package ever builds are the READ and the logger query in ReadOnlyLink
     calls = []
     for module in pkgutil.iter_modules(collector_package.__path__):
         source = inspect.getsource(importlib.import_module(f"rctmon.collector.{module.name}"))
         calls += re.findall(r"make_frame\(([^)]*)\)", source)
-    assert calls == ["Command.READ, object_id"]
+    assert calls == ["Command.READ, object_id", "Command.WRITE, object_id, payload"]
 
 
 # --- the window ----------------------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """One TCP connection to the inverter: read-only by construction, framed, counted.
 
-`ReadOnlyLink` is the only object that ever holds the socket's write function, and its only operation takes object
-ids and builds READ frames itself: no caller can hand it a command, a payload or raw bytes, so no bug elsewhere in
+`ReadOnlyLink` is the only object that ever holds the socket's write function. It has two operations, and both
+build their frames themselves from plain integers: `read` takes object ids and sends READ frames; `query` takes
+(object id, timestamp) pairs and sends the one WRITE the protocol forces on a reader, the question to the inverter's
+logger or event table (objects whose registry answer type is TIMESERIES or EVENT_TABLE), with a payload that is
+nothing but a sane 4-byte timestamp. No caller can hand it a command, a payload or raw bytes, so no bug elsewhere in
 rctmon can change a setting of the inverter. Everything received goes through the `Framer`.
 """
 
@@ -11,13 +14,14 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 import time
 from typing import Callable
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from rctclient.frame import make_frame
 from rctclient.registry import REGISTRY
-from rctclient.types import Command
+from rctclient.types import Command, DataType
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential, wait_random
 
 from rctmon.collector.framer import RESPONSE_TYPES, Frame, Framer
@@ -47,10 +51,37 @@ class ConnectionClosed(LinkDown):
     """The inverter (or something between) closed or reset the connection."""
 
 
-class ReadOnlyLink:
-    """Send READ requests for registry objects, and nothing else.
+#: The registry answer types whose objects are asked by writing a timestamp: the logger's time series and the event
+#: table. A WRITE to any other object cannot be expressed.
+QUERY_TYPES: frozenset[DataType] = frozenset({DataType.TIMESERIES, DataType.EVENT_TABLE})
+#: Object ids a query may go to, with their answer type.
+QUERYABLE: Mapping[int, DataType] = {oid: t for oid, t in RESPONSE_TYPES.items() if t in QUERY_TYPES}
+#: The earliest timestamp a query may carry (2000-01-01 00:00:00 UTC): the inverter's records start there.
+EARLIEST_QUERY = 946_684_800
+#: How far beyond this machine's clock a query may reach: the inverter's clock is its local wall clock read as UTC,
+#: up to 14 hours ahead of the true instant, and a little adrift.
+QUERY_AHEAD = 86_400
+_TIMESTAMP = struct.Struct(">i")  # the registry's request type of every logger object is INT32
 
-    The frame is built here from the object id alone, and checked to be a READ before it is written.
+
+def query_payload(timestamp: int, now: float | None = None) -> bytes:
+    """Return the 4-byte payload of a logger query; raise TypeError or ValueError for anything but a sane timestamp.
+
+    The check is on the exact type: a bool, a float, or an IntEnum member is no timestamp, however it compares.
+    """
+    if type(timestamp) is not int:
+        raise TypeError(f"a query timestamp is an int, got {type(timestamp).__name__}")
+    latest = int(time.time() if now is None else now) + QUERY_AHEAD
+    if not EARLIEST_QUERY <= timestamp <= latest:
+        raise ValueError(f"query timestamp {timestamp} is not between 2000-01-01 and one day from now")
+    return _TIMESTAMP.pack(timestamp)
+
+
+class ReadOnlyLink:
+    """Send READ requests for registry objects, and logger queries; nothing else.
+
+    Every frame is built here from integers alone and checked to be what it must be before it is written: a READ
+    with no payload, or a WRITE of one 4-byte timestamp to an object whose answer type is TIMESERIES or EVENT_TABLE.
     """
 
     __slots__ = ("_write", "_stats", "_cache")
@@ -86,6 +117,40 @@ class ReadOnlyLink:
         if frame_log.isEnabledFor(logging.DEBUG):
             for frame in frames:
                 frame_log.debug("sent READ %s", frame.hex())
+        return len(frames)
+
+    @staticmethod
+    def check_query(object_id: int, timestamp: int) -> bytes:
+        """Return the payload of a logger query; raise TypeError or ValueError if the link would refuse it."""
+        if type(object_id) is not int:  # bool and IntEnum members are refused on purpose, as for READ
+            raise TypeError(f"an object id is an int, got {type(object_id).__name__}")
+        if object_id not in QUERYABLE:
+            raise ValueError(f"object 0x{object_id:08X} is not a logger time series or the event table")
+        return query_payload(timestamp)
+
+    def _query_frame(self, object_id: int, timestamp: int) -> bytes:
+        payload = self.check_query(object_id, timestamp)
+        frame = make_frame(Command.WRITE, object_id, payload)
+        # The command byte is never escaped; a WRITE frame of a 4-byte payload is 13 bytes before escaping.
+        if frame[1] != Command.WRITE or frame[2] != 4 + len(payload) or len(payload) != 4:
+            raise AssertionError("make_frame built something other than a logger query")
+        return frame
+
+    def query(self, requests: Iterable[tuple[int, int]]) -> int:
+        """Send one logger query per (object id, timestamp) in a single write; return the number sent.
+
+        The inverter answers with the entries its logger (or event table) recorded before the timestamp.
+        """
+        frames = [self._query_frame(object_id, timestamp) for object_id, timestamp in requests]
+        if not frames:
+            return 0
+        data = b"".join(frames)
+        self._write(data)
+        self._stats.frames_sent += len(frames)
+        self._stats.bytes_sent += len(data)
+        if frame_log.isEnabledFor(logging.DEBUG):
+            for frame in frames:
+                frame_log.debug("sent WRITE (logger query) %s", frame.hex())
         return len(frames)
 
 

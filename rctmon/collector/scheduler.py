@@ -7,6 +7,11 @@ unanswered and grows back by about one per window of answers. A peer that loses 
 one at a time loses them at random, not for want of room: for it the window keeps a floor. A lost request is noticed
 when later ones are answered, or at its timeout (adaptive, like TCP's), and is asked again. Tiers (`TierClock`)
 decide which objects are due.
+
+Two classes of request share the window. Live READs (keyed by object id) come first. Logger queries (keyed by
+(object id, timestamp): the question to the inverter's logger or event table, whose answer repeats the timestamp
+as its first element) go out only while no live request waits, so a history import or backfill fills the idle
+slots of the window without delaying a poll by more than the round trip of the query ahead of it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import bisect
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 from collections.abc import Iterable, Mapping, Sequence
 
 from rctmon.catalog import Series, Tier
@@ -39,6 +44,11 @@ MIN_REQUEST_TIMEOUT = 0.2
 #: Timeouts in a row, with no answer between, after which the request timeout doubles: at 30 % random loss a request
 #: sent alone is lost twice in a row often (9 %), three times rarely (2.7 %); a silent peer gets there at once.
 SILENT_TIMEOUTS = 3
+
+#: A logger query: (object id, timestamp asked).
+Query = tuple[int, int]
+#: What identifies a request in flight: an object id (READ) or a logger query.
+Key = Union[int, Query]
 
 
 class Window:
@@ -263,9 +273,11 @@ class Poller:
         self._on_idle = on_idle
         self._loop = asyncio.get_running_loop()
         self._queue: deque[int] = deque()
-        self._queued: dict[int, _Ask] = {}
+        self._queries: deque[Query] = deque()  # logger queries: sent only while `_queue` is empty
+        self._queued: dict[Key, _Ask] = {}
         self._parked: dict[int, float] = {}  # given up once, to be asked once more: object id -> first sent
-        self._in_flight: dict[int, _InFlight] = {}  # in sending order
+        self._in_flight: dict[Key, _InFlight] = {}  # in sending order
+        self._answers: dict[Query, asyncio.Future[bytes | None]] = {}  # who waits for each logger query
         self._reads: list[_Read] = []
         self._timer: asyncio.TimerHandle | None = None
         self._last_progress = float("-inf")
@@ -276,14 +288,14 @@ class Poller:
         self._backoff = 1.0  # doubles on silence and on late answers, until a first attempt is answered
         self._last_expiry = float("-inf")
         self._silent_expiries = 0  # timeouts in a row with no answer between
-        self._answered_again: dict[int, float] = {}  # object id -> when a request asked again was answered
+        self._answered_again: dict[Key, float] = {}  # request -> when it was answered after being asked again
         self.waiting_since: float | None = None  # first request sent since the last answer
         self.given_up = 0
         self._closed = False
 
     @property
     def idle(self) -> bool:
-        return not self._queue and not self._in_flight
+        return not self._queue and not self._queries and not self._in_flight
 
     @property
     def in_flight(self) -> int:
@@ -321,6 +333,48 @@ class Poller:
         finally:
             self._reads.remove(pending)
 
+    async def query(self, object_id: int, timestamp: int) -> bytes | None:
+        """Ask the logger (or event table) for its entries before `timestamp`, behind any live request waiting.
+
+        Return the answer's raw payload (whose first four bytes repeat the timestamp; the caller checks the rest),
+        or None when the query was given up after `max_attempts` or the connection closed. The link refuses, with
+        TypeError or ValueError, an object that is not a logger series or a timestamp that is not sane.
+        """
+        key = (object_id, timestamp)
+        future = self._answers.get(key)
+        if future is None:
+            if self._closed:
+                return None
+            self._link.check_query(object_id, timestamp)  # refuse here, not in the middle of a burst
+            future = self._answers[key] = self._loop.create_future()
+            self._queries.append(key)
+            self._queued[key] = _FRESH
+            self._pump()
+        return await asyncio.shield(future)
+
+    @property
+    def queries_waiting(self) -> int:
+        """Logger queries queued or in flight."""
+        return len(self._answers)
+
+    def resolve_query(self, object_id: int, payload: bytes, now: float) -> bool:
+        """Take an answer from the logger or event table; return True when it answers one of our queries.
+
+        The answer is matched by its first element, which repeats the timestamp asked. An answer whose first
+        element matches nothing we asked (a garbled one, or one to another client) changes nothing here: the query
+        it may have been meant for is found lost when later requests are answered, and asked again.
+        """
+        if len(payload) < 4:
+            return False
+        key = (object_id, int.from_bytes(payload[:4], "big", signed=True))
+        if not self._answered(key, now):
+            return False
+        future = self._answers.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(payload)
+        self._after_answer()
+        return True
+
     def heard(self) -> None:
         """Note that the inverter sent a valid frame (answer to us or not): it is not silent."""
         self.waiting_since = None
@@ -329,12 +383,17 @@ class Poller:
         """Take an answer (value or INVALID); if it answers one of our requests, close that request."""
         for pending in self._reads:
             pending.settle(object_id, value)
-        request = self._in_flight.pop(object_id, None)
+        if self._answered(object_id, now):
+            self._after_answer()
+
+    def _answered(self, key: Key, now: float) -> bool:
+        """Close the request `key` answers (timing, window, requests it overtook); False if none was in flight."""
+        request = self._in_flight.pop(key, None)
         if request is None:
-            answered = self._answered_again.pop(object_id, None)
+            answered = self._answered_again.pop(key, None)
             if answered is not None and now - answered < self._timeout:
                 self._back_off()  # the second answer to a request asked again: it was late, not lost
-            return
+            return False
         self._last_progress = now
         rtt = now - request.sent_at
         self._times.observe(rtt)
@@ -346,9 +405,9 @@ class Poller:
                 self._timer = None
                 self._arm()
         else:
-            self._answered_again[object_id] = now
+            self._answered_again[key] = now
         self._window.success(request.lone)
-        lost: list[tuple[int, _InFlight]] = []
+        lost: list[tuple[Key, _InFlight]] = []
         # with few requests in flight, few later answers can ever come: lower the bar (TCP's early retransmit)
         limit = min(REORDER_LIMIT, max(1, self._window.limit - 1))
         for other_id, other in self._in_flight.items():
@@ -359,6 +418,9 @@ class Poller:
                 lost.append((other_id, other))
         if lost:
             self._lose(lost, now)
+        return True
+
+    def _after_answer(self) -> None:
         self._pump()
         if self.idle and self._on_idle is not None:
             self._on_idle()
@@ -384,7 +446,12 @@ class Poller:
         for pending in self._reads:
             if not pending.future.done():
                 pending.future.set_result(pending.values)
+        for future in self._answers.values():
+            if not future.done():
+                future.set_result(None)
+        self._answers.clear()
         self._queue.clear()
+        self._queries.clear()
         self._queued.clear()
         self._parked.clear()
         self._answered_again.clear()
@@ -396,24 +463,32 @@ class Poller:
         if not self._queue and self._parked:
             self._unpark()
         room = self._window.limit - len(self._in_flight)
-        if room <= 0 or not self._queue:
+        if room <= 0 or not (self._queue or self._queries):
             return
         now = self._loop.time()
-        lone = not self._in_flight and (room == 1 or len(self._queue) == 1)
-        batch: list[int] = []
-        while room > 0 and self._queue:
-            object_id = self._queue.popleft()
-            attempt, first_sent, measurable = self._queued.pop(object_id)
-            self._seq += 1
-            self._in_flight[object_id] = _InFlight(self._seq, now, attempt, now if first_sent is None else first_sent,
-                                                   lone, measurable)
-            batch.append(object_id)
-            room -= 1
-        self._link.read(batch)
+        lone = not self._in_flight and (room == 1 or len(self._queue) + len(self._queries) == 1)
+        reads = self._take(self._queue, room, now, lone)
+        # logger queries only once no live request waits; in the same write, after the reads (the sending order)
+        queries = self._take(self._queries, room - len(reads), now, lone)
+        self._link.read(reads)
+        self._link.query(queries)
         if self.waiting_since is None:
             self.waiting_since = now
         if self._timer is None:
             self._arm()
+
+    def _take(self, queue: deque[Any], room: int, now: float, lone: bool) -> list[Any]:
+        """Move up to `room` requests from `queue` into flight, in order; return them."""
+        batch = []
+        while room > 0 and queue:
+            key = queue.popleft()
+            attempt, first_sent, measurable = self._queued.pop(key)
+            self._seq += 1
+            self._in_flight[key] = _InFlight(self._seq, now, attempt, now if first_sent is None else first_sent,
+                                             lone, measurable)
+            batch.append(key)
+            room -= 1
+        return batch
 
     def _unpark(self) -> None:
         """Queue the objects given up once, if the peer answered one of our requests since they were first asked."""
@@ -433,11 +508,11 @@ class Poller:
     def _expire(self) -> None:
         self._timer = None
         now = self._loop.time()
-        late: list[tuple[int, _InFlight]] = []
-        for object_id, request in self._in_flight.items():
+        late: list[tuple[Key, _InFlight]] = []
+        for key, request in self._in_flight.items():
             if self._deadline(request) > now:
                 break  # sent later, so due later
-            late.append((object_id, request))
+            late.append((key, request))
         self._stats.request_timeouts += len(late)
         waited_longest = self.timeout >= self._timeout
         if late:
@@ -452,30 +527,43 @@ class Poller:
         if self.idle and self._on_idle is not None:
             self._on_idle()
 
-    def _lose(self, lost: list[tuple[int, _InFlight]], now: float, timed_out: bool = False,
+    def _lose(self, lost: list[tuple[Key, _InFlight]], now: float, timed_out: bool = False,
               waited_longest: bool = False) -> None:
         """Take lost requests out of flight: ask them again first, or give them up after `max_attempts`.
 
         `waited_longest`: they timed out after the full `request_timeout`, so an answer to the next attempt is one.
+        A logger query given up is not parked: whoever asked gets None and decides.
         """
         retry: list[int] = []
+        retry_queries: list[Query] = []
         cut = self._window.timeout if timed_out else self._window.loss
-        for object_id, request in lost:
-            del self._in_flight[object_id]
+        for key, request in lost:
+            del self._in_flight[key]
             cut(request.sent_at, now, request.lone)
             if request.attempt % self._max_attempts:
-                retry.append(object_id)
-                self._queued[object_id] = _Ask(request.attempt + 1, request.first_sent, waited_longest)
-            else:
-                self.given_up += 1
-                if request.attempt == self._max_attempts:
-                    self._parked[object_id] = request.first_sent
-                log.debug("no answer for object 0x%08X after %d attempts", object_id, request.attempt)
-                for pending in self._reads:
-                    pending.settle(object_id, INVALID)
+                self._queued[key] = _Ask(request.attempt + 1, request.first_sent, waited_longest)
+                if isinstance(key, tuple):
+                    retry_queries.append(key)
+                else:
+                    retry.append(key)
+                continue
+            self.given_up += 1
+            if isinstance(key, tuple):
+                log.debug("no answer to the logger query 0x%08X@%d after %d attempts", key[0], key[1],
+                          request.attempt)
+                future = self._answers.pop(key, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+                continue
+            if request.attempt == self._max_attempts:
+                self._parked[key] = request.first_sent
+            log.debug("no answer for object 0x%08X after %d attempts", key, request.attempt)
+            for pending in self._reads:
+                pending.settle(key, INVALID)
         if lost:
             log.debug("%d requests lost, window now %d", len(lost), self._window.limit)
         self._queue.extendleft(reversed(retry))
+        self._queries.extendleft(reversed(retry_queries))
 
 
 class TierClock:
