@@ -14,6 +14,7 @@ from typing import Callable
 from rctmon import __version__
 from rctmon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dump, load
 from rctmon.logsetup import setup_logging
+from rctmon.history.options import add_history_arguments
 from rctmon.simulator.options import add_simulator_arguments
 
 log = logging.getLogger("rctmon")
@@ -41,6 +42,12 @@ def _cmd_read(args: argparse.Namespace, config: Config) -> int:
     return read_command(config, args.names, frame_debug=args.frame_debug)
 
 
+def _cmd_history(args: argparse.Namespace, config: Config) -> int:
+    from rctmon.history.command import history_command
+
+    return history_command(config, args)
+
+
 def _cmd_simulator(args: argparse.Namespace, config: Config) -> int:
     from rctmon.simulator import options_from_args, run_simulator
 
@@ -58,6 +65,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "check-config": _cmd_check_config,
     "inventory": _cmd_inventory,
     "read": _cmd_read,
+    "history": _cmd_history,
     "simulator": _cmd_simulator,
     "demo": _cmd_demo,
 }
@@ -81,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("inventory", help="connect once, print what is attached and the current values")
     read = sub.add_parser("read", help="read objects by their rctclient name and print the values")
     read.add_argument("names", nargs="+", metavar="NAME")
+    add_history_arguments(sub.add_parser("history", help="import the inverter's own records (logger, events)"))
     add_simulator_arguments(sub.add_parser("simulator", help="run the built-in inverter simulator"))
     demo = sub.add_parser("demo", help="run the simulator and the daemon with exposition on")
     demo.add_argument("--port", type=int, default=None, help="metrics port (default: prometheus.bind_port)")
