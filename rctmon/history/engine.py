@@ -144,7 +144,9 @@ class Reader:
         jobs: list[_Job] = []
         if events:
             jobs.append(_Job(None, start, end))
-        spans = {row: chunks(row, start, end, self._clock) for row in rows}
+        # a day, month or year entry is stamped with the period's start: take the period `start` falls in
+        spans = {row: chunks(row, self._clock.period_start(start, row.resolution.name), end, self._clock)
+                 for row in rows}
         # newest spans first, interleaved across series, so that every series advances together
         depth = max((len(s) for s in spans.values()), default=0)
         for index in range(depth):
@@ -281,12 +283,13 @@ class Reader:
                 await self._consumer.events(fresh)
             last = rows[-1]
             if oldest is not None and last.instant >= oldest:
-                stuck += 1
-                if stuck < MAX_STUCK:
-                    continue
-                # more events in one second than an answer holds: leave the rest of that second
-                self._unread(job, last.instant, last.instant + 1, "more events in one second than an answer holds")
-                asked, stuck = last.stamp, 0
+                # Nothing older than the second asked again: the table ends there, or that second holds more
+                # events than an answer (then the ones that never fit are missed). Ask strictly before it.
+                if asked == last.stamp:
+                    stuck += 1
+                    if stuck >= MAX_STUCK:
+                        raise _GiveUp(f"{MAX_STUCK} answers in a row brought nothing older")
+                asked = last.stamp
                 continue
             stuck = 0
             oldest = last.instant

@@ -124,6 +124,18 @@ def _float(raw: int) -> float:
     return float(struct.unpack(">f", struct.pack(">I", raw))[0])
 
 
+def float32_text(value: float) -> str:
+    """Return the shortest text of a 4-byte float that reads back as the same 4-byte float (0.97, not 0.9700000286)."""
+    if not math.isfinite(value):
+        return repr(value)
+    packed = struct.pack(">f", value)
+    for digits in range(6, 10):
+        text = f"{value:.{digits}g}"
+        if struct.pack(">f", float(text)) == packed:
+            return text
+    return repr(value)
+
+
 _REGISTRY_TYPES: Mapping[int, DataType] = {info.object_id: info.request_data_type for info in REGISTRY.all()}
 _REGISTRY_NAMES: Mapping[int, str] = {info.object_id: info.name for info in REGISTRY.all()}
 _SIGNED = {DataType.INT8: 8, DataType.INT16: 16, DataType.INT32: 32}
@@ -133,7 +145,7 @@ def parameter_value(object_id: int, raw: int) -> str:
     """Return a parameter's raw 4-byte value decoded by the object's registry type, as text."""
     data_type = _REGISTRY_TYPES.get(object_id)
     if data_type is DataType.FLOAT:
-        return repr(_float(raw))
+        return float32_text(_float(raw))
     if data_type is DataType.BOOL:
         return "true" if raw else "false"
     bits = _SIGNED.get(data_type) if data_type is not None else None

@@ -120,6 +120,16 @@ class InverterClock:
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
         return int(midnight.replace(tzinfo=self.zone).timestamp())
 
+    def period_start(self, instant: int, resolution: str) -> int:
+        """Return the start of the local day, month or year `instant` falls in ("minutes": `instant` itself)."""
+        if resolution not in ("day", "month", "year"):
+            return instant
+        local = datetime.datetime.fromtimestamp(instant, self.zone).replace(tzinfo=None)
+        local = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if resolution != "day":
+            local = local.replace(day=1, month=1 if resolution == "year" else local.month)
+        return int(local.replace(tzinfo=self.zone).timestamp())
+
     def next_day(self, midnight: int) -> int:
         """Return the local midnight after the one at `midnight` (23, 24 or 25 hours later)."""
         local = datetime.datetime.fromtimestamp(midnight, self.zone).replace(tzinfo=None)

@@ -35,6 +35,12 @@ class SimulatorOptions:
     noise_rate: float = 0.0
     disconnect_every: float = 0.0
     seed: int | None = None
+    # the inverter's records (logger.py, events.py)
+    history_days: float = 90.0  # depth of the 5-minute memory; day, month, year go back as far
+    events: int = 20  # events in the table when the simulator starts
+    event_every: float = 0.0  # seconds between new events while it runs (0: none)
+    logger_step: int = 300  # seconds between 5-minute entries (shorter only to see a logger move in a test)
+    timezone: str = ""  # IANA zone of the inverter's clock; empty: the host's
 
     def problems(self) -> list[str]:
         """Return what is wrong with these options, one message per problem (empty: all fine)."""
@@ -48,6 +54,7 @@ class SimulatorOptions:
             problems.append("--latency-ms and --disconnect-every must not be negative")
         if not 0 <= self.port <= 65535:
             problems.append(f"--port must be 0 to 65535, got {self.port}")
+        problems += records_problems(self)
         return problems
 
     def inventory(self) -> Inventory:
@@ -64,7 +71,8 @@ def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
         battery_modules=args.battery_modules, power_switch=not args.no_power_switch,
         external_generator=args.external_generator, latency_ms=args.latency_ms,
         drop_rate=args.drop_rate, corrupt_rate=args.corrupt_rate, noise_rate=args.noise_rate,
-        disconnect_every=args.disconnect_every, seed=args.seed)
+        disconnect_every=args.disconnect_every, seed=args.seed, history_days=args.history_days, events=args.events,
+        event_every=args.event_every, logger_step=args.logger_step, timezone=args.timezone)
     problems = options.problems()
     if problems:
         print("rctmon simulator: " + "; ".join(problems), file=sys.stderr)
@@ -91,4 +99,40 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disconnect-every", type=float, default=0.0, metavar="S",
                         help="close every client connection after S seconds (0: never)")
     parser.add_argument("--seed", type=int, default=None, help="seed the random faults (reproducible runs)")
+    add_records_arguments(parser)
+
+
+def records_problems(options: SimulatorOptions) -> list[str]:
+    """Return what is wrong with the options of the inverter's records (logger and event table)."""
+    problems = []
+    if not 0 < options.history_days <= 3660:
+        problems.append(f"--history-days must be above 0 and at most 3660, got {options.history_days}")
+    if not 0 <= options.events <= 100_000:
+        problems.append(f"--events must be 0 to 100000, got {options.events}")
+    if not (options.event_every == 0 or 1 <= options.event_every <= 86_400 * 365):
+        problems.append(f"--event-every must be 0 (never) or at least 1 second, got {options.event_every}")
+    if options.logger_step <= 0 or 900 % options.logger_step:
+        problems.append(f"--logger-step must divide 900 seconds (300, 60, 10, ...), got {options.logger_step}")
+    if options.timezone:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(options.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            problems.append(f"--timezone: unknown time zone {options.timezone!r} (an IANA name)")
+    return problems
+
+
+def add_records_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of the inverter's records: the logger's history and the event table."""
+    parser.add_argument("--history-days", type=float, default=90.0, metavar="N",
+                        help="days of 5-minute history the logger holds (default: %(default)g)")
+    parser.add_argument("--events", type=int, default=20, metavar="N",
+                        help="events in the event table at start (default: %(default)s)")
+    parser.add_argument("--event-every", type=float, default=0.0, metavar="S",
+                        help="raise a new event every S seconds while running (0: never)")
+    parser.add_argument("--logger-step", type=int, default=300, metavar="S",
+                        help="seconds between the logger's 5-minute entries (default: %(default)s)")
+    parser.add_argument("--timezone", default="", metavar="ZONE",
+                        help="IANA time zone of the inverter's clock (default: the host's)")
 

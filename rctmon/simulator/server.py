@@ -43,6 +43,7 @@ from rctclient.registry import REGISTRY
 from rctclient.types import Command, DataType
 
 from rctmon.catalog import enabled_series
+from rctmon.simulator.logger import Records
 from rctmon.simulator.plant import Plant
 from rctmon.simulator.options import SimulatorOptions
 from rctmon.simulator.values import Answers, Inverter, decode_any
@@ -233,6 +234,9 @@ class Simulator:
         #: The answer goes through the same faults as a READ's. A WRITE whose type has no entry is logged and
         #: ignored: nothing a client sends ever changes the simulator's state.
         self.write_answers: dict[DataType, Callable[[Request], tuple[bytes, Any] | None]] = {}
+        #: The logger and the event table (rctmon/simulator/logger.py): what they hold, and their answers.
+        self.records = Records(options, self._rng)
+        self.write_answers.update(self.records.write_answers())
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
