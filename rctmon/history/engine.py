@@ -255,6 +255,12 @@ class Reader:
             if oldest <= job.start:
                 return
             asked = last.stamp
+            if clock.candidates(asked)[-1] == oldest and len(clock.candidates(asked)) == 2:
+                # The oldest entry is in the second pass through the repeated autumn hour. Asked for entries
+                # before its stamp, the inverter would begin at the newest entry stamped earlier, which at the
+                # start of the hour lies before the first pass: the whole first pass would be skipped. Asked one
+                # second later, it begins at this entry again and goes on into the first pass.
+                asked += 1
 
     async def _event_chain(self, job: _Job) -> None:
         clock, stats = self._clock, self.stats

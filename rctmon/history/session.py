@@ -82,7 +82,7 @@ class Session:
 
     async def _connect(self) -> Poller:
         device = self._device
-        wait = 1.0
+        wait = 0.5
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
             try:
                 connection = await open_connection(device.host, device.port, device.connect_timeout, self.stats)
