@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: figure, target, measured, same-run baseline, pass/miss.
 
     python -m bench                  # everything (about 3 minutes on 2 cores)
-    python -m bench startup scrape   # only these (startup, memory, headroom, cpu, scrape, influx)
+    python -m bench startup scrape   # only these (startup, memory, headroom, cpu, scrape, influx, history)
     python -m bench --markdown       # the table as Markdown too, for docs/performance.md
 
 A benchmark that cannot run (a missing binary, a process that does not start) prints a row saying why and the
@@ -84,6 +84,12 @@ def _influx() -> list[Row]:
                 f"{baseline.rate:,.0f} points/s (drain only, nothing flowing)", flowing.rate >= 50_000, notes)]
 
 
+def _history() -> list[Row]:
+    from bench import history
+
+    return history.run()
+
+
 BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "startup": _startup,
     "memory": _memory,
@@ -91,6 +97,7 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "cpu": _cpu,
     "scrape": _scrape,
     "influx": _influx,
+    "history": _history,
 }
 
 

@@ -8,7 +8,6 @@ import datetime
 import random
 import struct
 import zoneinfo
-from typing import Callable
 
 import pytest
 
@@ -17,7 +16,7 @@ from rctmon.history.events import Event
 from rctmon.history.series import EVENT_ID, LOGGER_SERIES, MINUTES, SERIES_BY_ID, LoggerRow, rows_for
 from rctmon.history.timezone import InverterClock
 from rctmon.simulator.events import EventTable
-from rctmon.simulator.logger import LoggerModel, Records, cut_short, f32
+from rctmon.simulator.logger import Records, cut_short, f32
 from rctmon.simulator.options import SimulatorOptions
 
 pytestmark = pytest.mark.timeout(120)
@@ -244,4 +243,3 @@ def test_a_reader_hands_on_values_in_base_units() -> None:
         assert value == abs(raw[instant]) * 3600  # Wh -> J, feed-in as a magnitude
 
 
-_: Callable[..., object] = read  # keep the helper's signature honest for readers of the tests
