@@ -44,6 +44,8 @@ def config_file(tmp_path: Path, port: int, influx_url: str = "http://127.0.0.1:9
 device:
   host: 127.0.0.1
   port: {port}
+prometheus:
+  enable: false
 influxdb:
   enable: true
   url: {influx_url}
@@ -271,3 +273,51 @@ def test_an_unreachable_inverter_is_one_line_and_status_1(tmp_path: Path) -> Non
 
 def test_the_schema_has_a_field_for_every_series() -> None:
     assert len({(r.resolution.measurement, r.field) for r in LOGGER_SERIES}) == len(LOGGER_SERIES) == 43
+
+
+def test_the_progress_bar_on_a_terminal_and_plain_lines_otherwise(caplog: pytest.LogCaptureFixture) -> None:
+    from rctmon.history.command import Progress
+    from rctmon.history.engine import HistoryStats
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    class FakeReader:
+        stats = HistoryStats(queries=120, points=4321)
+        progress = 0.5
+
+    terminal = Terminal()
+    bar = Progress(FakeReader(), terminal)  # type: ignore[arg-type]
+    bar.show()
+    bar.done()
+    text = terminal.getvalue()
+    assert text.startswith("\r\033[K[############............]  50%  120 queries  4,321 points")
+    assert text.endswith("left\r\033[K")
+    plain = io.StringIO()
+    with caplog.at_level("INFO", logger="rctmon.history"):
+        Progress(FakeReader(), plain).show()  # type: ignore[arg-type]
+    assert plain.getvalue() == "" and "120 queries" in caplog.text
+
+
+@pytest.mark.timeout(120)
+def test_history_runs_beside_the_daemon_on_the_same_inverter_and_influxdb(
+        simulator: SimulatorThread, victoria: VictoriaMetrics, tmp_path: Path) -> None:
+    config = config_file(tmp_path, simulator.port, victoria.url)
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as sink:
+        daemon = subprocess.Popen(rctmon_command("-c", str(config), "daemon"), stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: victoria.count('{__name__=~"inverter_.+", __name__!~"inverter_event.*"}') > 0, 60,
+                 message="live points from the daemon")
+        start, end = window(1)
+        result = run_history(config, "--what", "minutes,events", "--since", iso(start), "--until", iso(end))
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert daemon.poll() is None  # the daemon never noticed
+        assert victoria.count('{__name__=~"history_5min_.+"}') == len(rows_for("minutes")) * ((end - start) // 300)
+        before = victoria.count('{__name__=~"inverter_.+", __name__!~"inverter_event.*"}')
+        wait_for(lambda: victoria.count('{__name__=~"inverter_.+", __name__!~"inverter_event.*"}') > before, 30,
+                 message="live points still arriving")
+    finally:
+        stop_process(daemon)
+    assert "Traceback" not in log.read_text(encoding="utf-8")

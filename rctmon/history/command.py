@@ -234,6 +234,11 @@ async def _import(config: Config, plan: Plan, out: TextIO, err: TextIO) -> int:
             await influx.drain(err)
         _print_summary(out, plan, inverter, session, reader, summary, seconds, influx)
         return 1 if reader.unread else 0
+    except Unreachable:
+        if influx is not None and influx.spool.count:
+            log.warning("%d points read so far stay in %s and go first with the next `rctmon history`",
+                        influx.spool.count, influx.path)
+        raise
     finally:
         session.close()
         if output is not None:
@@ -263,7 +268,8 @@ def _print_summary(out: TextIO, plan: Plan, inverter: str, session: Session, rea
                     if stats.bad_answers.get(kind))
     out.write(f"{stats.queries:,} queries, {stats.answers:,} answers used, {stats.reasked} answers re-asked"
               f"{f' ({bad})' if bad else ''}, {stats.unanswered} unanswered, {session.reconnects} reconnects; "
-              f"{stats.invalid_values} values that were no number dropped\n\n")
+              f"{stats.invalid_values} values that were no number dropped, {session.unmatched} logger answers "
+              "that answered no question of ours\n\n")
     rows = []
     for row in plan.rows:
         tally = summary.series.get(row)
