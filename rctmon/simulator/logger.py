@@ -3,7 +3,8 @@
 The live simulator compresses a day into ten minutes for the demo; the logger cannot (its entries are stamped with
 wall-clock time, and an importer checks that they are five minutes apart). So the logger follows real time: it
 evaluates the same physics as the live plant (`plant.sun`, the household's evening peak, the battery balancing
-generation and load within its limits, the same signs: feed-in negative, battery positive while discharging) at
+generation and load within its limits, the external generator on the S0 input when there is one, the same signs:
+feed-in negative, battery positive while discharging) at
 the real local time of day, with the plant's slow variations (clouds, load) slowed by the factor the live day is
 sped up, and a cloudiness of its own for each day. Nothing is stored: a day's 288 entries are computed when asked,
 deterministically, from the day before (the battery's state of charge carries over), and kept for a few days.
@@ -45,8 +46,9 @@ from rctclient.types import DataType
 
 from rctmon.history.timezone import zone_named
 from rctmon.simulator.events import EventTable
-from rctmon.simulator.plant import (CELLS_PER_MODULE, EFFICIENCY, GENERATOR_PEAK_W, MODULE_CAPACITY_WH,
-                                    MODULE_MAX_POWER_W, SOC_MIN, SPEED, sun, wobble)
+from rctmon.simulator.cells import CELLS_PER_MODULE, open_circuit_voltage
+from rctmon.simulator.plant import (EFFICIENCY, EXTERNAL_HOUR_SHIFT, EXTERNAL_PEAK_W, GENERATOR_PEAK_W,
+                                    MODULE_CAPACITY_WH, MODULE_MAX_POWER_W, SOC_MIN, SPEED, sun, wobble)
 
 #: Entries per answer: rctclient measured about seven queries for a day (288 entries) of one series.
 ANSWER_ENTRIES = (20, 62)
@@ -116,9 +118,10 @@ class LoggerModel:
 
     def __init__(self, generators: int, battery_modules: int, zone: datetime.tzinfo, installed: int,
                  history_days: float, step: int = DEFAULT_STEP, seed: int = 0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, external_generator: bool = False) -> None:
         self.generators = generators
         self.battery_modules = battery_modules
+        self.external_generator = external_generator
         self.zone = zone
         self.step = step
         self.installed = installed - installed % step
@@ -229,10 +232,12 @@ class LoggerModel:
                   else 0.0 for i in range(2)]
             pv_voltage = [(420.0 + 130.0 * math.sqrt(irradiance) - 40.0 * i if irradiance > 0 else 3.5)
                           if i < self.generators else 0.0 for i in range(2)]
+            external = (EXTERNAL_PEAK_W * sun(hour + EXTERNAL_HOUR_SHIFT) * clouds * (1.0 + 0.03 * wobble(t, 9.0))
+                        if self.external_generator else 0.0)
             load = 320.0 + (900.0 if 17.0 <= hour <= 22.0 else 0.0) + 450.0 * max(0.0, wobble(t, 19.0, 31.0, 71.0))
             battery = 0.0
             if modules:
-                wanted = (load + 30.0 * wobble(t, 3.0, 5.0)) / EFFICIENCY - sum(pv)
+                wanted = (load - external + 30.0 * wobble(t, 3.0, 5.0)) / EFFICIENCY - sum(pv)
                 battery = max(-max_battery, min(max_battery, wanted))
                 if battery > 0:  # discharging: not below the minimum state of charge
                     battery = min(battery, max(0.0, (soc - SOC_MIN) * capacity / hours))
@@ -241,15 +246,15 @@ class LoggerModel:
                 soc = min(1.0, max(0.0, soc - battery * hours / capacity))
             ac = EFFICIENCY * (sum(pv) + battery)
             ac_out = max(0.0, ac)
-            grid = load - ac
+            grid = load - ac - external
             shares = (0.34 + 0.02 * wobble(t, 13.0), 0.33 + 0.02 * wobble(t, 17.0))
             ac_phase = (ac_out * shares[0], ac_out * shares[1], ac_out * (1.0 - shares[0] - shares[1]))
             step_values = {
-                "ea": pv[0], "eb": pv[1], "eext": 0.0, "eac": ac_out,
+                "ea": pv[0], "eb": pv[1], "eext": external, "eac": ac_out,
                 "egrid_feed": min(0.0, grid), "egrid_load": max(0.0, grid), "eload": load,
                 "eac1": ac_phase[0], "eac2": ac_phase[1], "eac3": ac_phase[2], "ebat": battery,
                 "ua": pv_voltage[0], "ub": pv_voltage[1],
-                "ubat": (3.45 + 0.65 * soc) * CELLS_PER_MODULE * modules,
+                "ubat": open_circuit_voltage(soc) * CELLS_PER_MODULE * modules,
                 "ul1": 230.0 + 3.0 * wobble(t, 11.0, 29.0) - 0.0004 * ac,
                 "ul2": 230.0 + 3.0 * wobble(t, 12.0, 29.0) - 0.0004 * ac,
                 "ul3": 230.0 + 3.0 * wobble(t, 13.0, 29.0) - 0.0004 * ac,
@@ -411,7 +416,7 @@ class Records:
         self._corrupt_rate = options.corrupt_rate
         self.logger = LoggerModel(options.generators, options.battery_modules, zone,
                                   int(started - options.history_days * 86_400), options.history_days,
-                                  options.logger_step, seed, clock)
+                                  options.logger_step, seed, clock, options.external_generator)
         self.events = EventTable(options.events, options.event_every, zone, started, seed, clock)
         self.cut = 0  # answers cut short on purpose
 
