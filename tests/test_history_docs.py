@@ -1,16 +1,14 @@
 """docs/history.md carries the tables generated from the code (series, event types, event fields), so it cannot
-drift; and its command lines parse against the CLI."""
+drift (its command lines are checked with every page's, in test_docs_commands.py)."""
 
 from __future__ import annotations
 
 import os
 import re
-import shlex
 
 import pytest
 
 import support
-from rctmon.cli import build_parser
 from rctmon.history.reference import TABLES
 from rctmon.history.series import LOGGER_SERIES, NOT_IMPORTED
 from rctclient.registry import REGISTRY
@@ -39,15 +37,3 @@ def test_every_logger_object_in_the_registry_is_imported_or_said_why_not() -> No
     assert logger_objects == covered
     series = {i.name for i in REGISTRY.all() if i.response_data_type is DataType.TIMESERIES}
     assert series - {row.object_name for row in LOGGER_SERIES} == {"logger.year_log_ts"}
-
-
-def test_the_command_lines_on_the_page_parse() -> None:
-    parser = build_parser()
-    lines = [line.split("#")[0].strip() for line in page().splitlines() if line.startswith("rctmon -c")]
-    assert len(lines) >= 5
-    for line in lines:
-        if "[" in line:  # the synopsis
-            continue
-        args = shlex.split(line)[1:]
-        parsed = parser.parse_args(args)
-        assert parsed.command == "history", line
