@@ -321,3 +321,25 @@ def test_history_runs_beside_the_daemon_on_the_same_inverter_and_influxdb(
     finally:
         stop_process(daemon)
     assert "Traceback" not in log.read_text(encoding="utf-8")
+
+
+@pytest.mark.timeout(120)
+def test_a_connection_dropped_again_and_again_costs_reconnects_never_points(tmp_path: Path) -> None:
+    options = SimulatorOptions(name=NAME, history_days=3, events=20, latency_ms=60, disconnect_every=0.7, seed=4)
+    with SimulatorThread(options) as sim:
+        config = Config()
+        config.device.port = sim.port
+        start, end = window()
+        report = io.StringIO()
+        args = argparse.Namespace(since=iso(start), until=iso(end), what="minutes", output=str(tmp_path / "o.csv"),
+                                  format="csv")
+        assert history_command(config, args, out=report, err=io.StringIO()) == 0, report.getvalue()
+        assert sim.stats.disconnects >= 2
+        records = sim.simulator.records
+    reconnects = int(report.getvalue().split(" reconnects")[0].rsplit(" ", 1)[-1])
+    assert reconnects >= 2
+    with open(tmp_path / "o.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows_for("minutes"):
+        truth = {i: row.convert(v) for i, v in records.logger.points(row.object_name, start, end)}
+        assert {int(r["epoch"]): float(r[row.field]) for r in rows} == truth

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from tenacity import stop_after_attempt
+
 from rctmon.collector.connection import (QUERYABLE, InverterConnection, LinkDown, Silence, describe,
-                                         open_connection)
+                                         open_connection, reconnect_policy)
 from rctmon.collector.discovery import INVENTORY_IDS, NoAnswer, discover
 from rctmon.collector.framer import Decoder, Frame
 from rctmon.collector.scheduler import Poller, Window
@@ -24,7 +26,8 @@ from rctmon.messages import CollectorStats
 log = logging.getLogger("rctmon.history")
 
 CONNECT_ATTEMPTS = 5
-CONNECT_WAIT_MAX = 16.0
+CONNECT_WAIT_INITIAL = 0.5
+CONNECT_WAIT_MAX = 8.0
 NAME_ROUNDS = 2
 _INVENTORY = frozenset(INVENTORY_IDS)
 
@@ -82,17 +85,14 @@ class Session:
 
     async def _connect(self) -> Poller:
         device = self._device
-        wait = 0.5
-        for attempt in range(1, CONNECT_ATTEMPTS + 1):
-            try:
-                connection = await open_connection(device.host, device.port, device.connect_timeout, self.stats)
-                break
-            except LinkDown as exc:
-                if attempt == CONNECT_ATTEMPTS:
-                    raise Unreachable(str(exc)) from exc
-                log.info("cannot connect to %s (%s); trying again in %g s", self.address, exc, wait)
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, CONNECT_WAIT_MAX)
+        # the daemon's policy (exponential wait with jitter), bounded: a command gives up and says why
+        policy = reconnect_policy(CONNECT_WAIT_INITIAL, CONNECT_WAIT_MAX)
+        policy.stop = stop_after_attempt(CONNECT_ATTEMPTS)
+        try:
+            connection: InverterConnection = await policy(open_connection, device.host, device.port,
+                                                          device.connect_timeout, self.stats)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise Unreachable(describe(exc)) from exc
         assert connection.link is not None
         poller = Poller(connection.link, self._window, self.stats, device.request_timeout)
         connection.on_frames = lambda frames, ns: self._on_frames(poller, frames)
