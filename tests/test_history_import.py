@@ -28,6 +28,7 @@ from rctmon.simulator.logger import Records
 __all__ = ["victoria"]  # the fixture, imported so that pytest finds it here
 
 NAME = "PS 6.0 history"
+ZONE = "Europe/Berlin"  # the inverter's clock, in the simulator and in the config of the CLI tests
 
 
 def utc(text: str) -> int:
@@ -44,6 +45,7 @@ def config_file(tmp_path: Path, port: int, influx_url: str = "http://127.0.0.1:9
 device:
   host: 127.0.0.1
   port: {port}
+  timezone: {ZONE}
 prometheus:
   enable: false
 influxdb:
@@ -66,7 +68,7 @@ def run_history(config: Path, *args: str, timeout: float = 120) -> subprocess.Co
 @pytest.fixture
 def simulator() -> Iterator[SimulatorThread]:
     # the options of `rctmon simulator --history-days 3 --events 20`
-    with SimulatorThread(SimulatorOptions(name=NAME, history_days=3, events=20)) as sim:
+    with SimulatorThread(SimulatorOptions(name=NAME, history_days=3, events=20, timezone=ZONE)) as sim:
         yield sim
 
 
@@ -178,7 +180,7 @@ def test_a_window_with_a_dst_change_over_tcp_has_no_duplicated_and_no_missing_ho
         sim.simulator.write_answers.update(records.write_answers())
         config = Config()
         config.device.port = sim.port
-        config.device.timezone = "Europe/Berlin"  # type: ignore[attr-defined]  # device.timezone (config helper)
+        config.device.timezone = "Europe/Berlin"
         start, end = now - 3 * 86_400, now
         out = tmp_path / "out.csv"
         args = argparse.Namespace(since=iso(start), until=iso(end), what="minutes", output=str(out), format="csv")

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import datetime
 import logging
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from pathlib import Path
 from typing import TextIO
 from collections.abc import Sequence
 
-from rctmon.config import Config
+from rctmon.config import Config, device_timezone
+from rctmon.durations import parse_duration
 from rctmon.history.engine import Reader
 from rctmon.history.outputs import InfluxOutput, Output, file_output
 from rctmon.history.protocol import BAD_ANSWER_KINDS
@@ -36,15 +36,13 @@ from rctmon.history.options import WHAT
 from rctmon.history.series import EVENT_MEASUREMENT, LoggerRow, rows_for
 from rctmon.history.session import Session, Unreachable
 from rctmon.history.summary import Summary, Tee
-from rctmon.history.timezone import InverterClock, utc_text, zone_named
+from rctmon.history.timezone import InverterClock, utc_text
 
 log = logging.getLogger("rctmon.history")
 
 HISTORY_SPOOL = "history-spool.sqlite"
 #: How far back the inverter can remember at most: its records start in 2000 (the year series).
 EARLIEST = 946_684_800
-_SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_SPAN_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 PROGRESS_EVERY = 0.25  # seconds between progress bar updates on a terminal
 LOG_EVERY = 10.0  # seconds between progress lines in a log
 
@@ -54,10 +52,12 @@ class UsageError(ValueError):
 
 
 def parse_when(text: str, zone: datetime.tzinfo, now: float) -> int:
-    """Return the instant a WHEN means: a span back from `now`, or a local date or date and time."""
-    span = _SPAN.match(text)
-    if span:
-        return int(now - float(span[1]) * _SPAN_SECONDS[span[2]])
+    """Return the instant a WHEN means: a span back from `now` (rctmon.durations), or a local date or date and
+    time."""
+    try:
+        return int(now - parse_duration(text))
+    except ValueError:
+        pass
     try:
         moment = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
@@ -199,8 +199,7 @@ class _Influx:
 
 
 async def _import(config: Config, plan: Plan, out: TextIO, err: TextIO) -> int:
-    zone = zone_named(getattr(config.device, "timezone", ""))
-    clock = InverterClock(zone)
+    clock = InverterClock(device_timezone(config.device))
     session = Session(config)
     influx: _Influx | None = None
     output: Output | None = None
@@ -326,8 +325,7 @@ def history_command(config: Config, args: argparse.Namespace, out: TextIO | None
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        zone = zone_named(getattr(config.device, "timezone", ""))
-        plan = plan_from_args(args, zone, time.time())
+        plan = plan_from_args(args, device_timezone(config.device), time.time())
     except (UsageError, ValueError) as exc:
         print(f"rctmon history: {exc}", file=err)
         return 2

@@ -3,7 +3,7 @@
 The inverter keeps no time zone. Every timestamp in its logger and event table is its local wall-clock time encoded
 as a UNIX timestamp as though that wall clock were UTC, and it reads the timestamp it is asked with the same way
 (rctclient issue #7, docs/history.md). `InverterClock` turns such "stamps" into true instants and back, using the
-zone the inverter's clock follows (`device.timezone`, or the host's zone).
+zone the inverter's clock follows (`device.timezone`, or the host's zone: rctmon.config.device_timezone).
 
 A stamp is ambiguous once a year: in the autumn hour that repeats (in Europe/Berlin 02:00-02:59 on the last Sunday
 of October) every wall-clock time happens twice. The inverter keeps both passes in its ring buffer, in the order it
@@ -17,40 +17,12 @@ from __future__ import annotations
 
 import datetime
 import functools
-import os
-import zoneinfo
 from collections.abc import Sequence
 
 _EPOCH = datetime.datetime(1970, 1, 1)
 #: How far ahead of this machine's clock the inverter's may run before an instant counts as impossible: a stamp in
 #: the repeated autumn hour is read as the second pass only once that pass can have begun.
 CLOCK_SLACK = 600
-
-
-def host_zone(environ: dict[str, str] | None = None, localtime: str = "/etc/localtime") -> datetime.tzinfo:
-    """Return this machine's time zone with its rules (not just today's offset): $TZ, else /etc/localtime, else UTC."""
-    env = os.environ if environ is None else environ
-    name = env.get("TZ", "").lstrip(":")
-    if name:
-        try:
-            return zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            pass
-    try:
-        with open(localtime, "rb") as data:
-            return zoneinfo.ZoneInfo.from_file(data, key="localtime")
-    except (OSError, ValueError):
-        return datetime.timezone.utc
-
-
-def zone_named(name: str) -> datetime.tzinfo:
-    """Return the IANA zone `name`, or the host's zone for ""; raise ValueError for a name the system lacks."""
-    if not name:
-        return host_zone()
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Berlin)") from exc
 
 
 class InverterClock:

@@ -37,6 +37,7 @@ import struct
 import threading
 import time
 import zlib
+import zoneinfo
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ from collections.abc import Sequence
 from rctclient.registry import REGISTRY
 from rctclient.types import DataType
 
-from rctmon.history.timezone import zone_named
+from rctmon.config import host_timezone
 from rctmon.simulator.events import EventTable
 from rctmon.simulator.cells import CELLS_PER_MODULE, open_circuit_voltage
 from rctmon.simulator.plant import (EFFICIENCY, EXTERNAL_HOUR_SHIFT, EXTERNAL_PEAK_W, GENERATOR_PEAK_W,
@@ -410,7 +411,7 @@ class Records:
     def __init__(self, options: SimulatorOptions, rng: random.Random, started: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         started = clock() if started is None else started
-        zone = zone_named(options.timezone)
+        zone = zoneinfo.ZoneInfo(options.timezone) if options.timezone else host_timezone()
         seed = zlib.crc32(options.name.encode("utf-8"))
         self._rng = rng
         self._corrupt_rate = options.corrupt_rate
