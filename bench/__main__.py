@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: figure, target, measured, same-run baseline, pass/miss.
 
     python -m bench                  # everything (about 3 minutes on 2 cores)
-    python -m bench startup scrape   # only these (startup, memory, headroom, cpu, scrape, influx, history)
+    python -m bench startup scrape   # only these (startup, memory, headroom, cpu, scrape, influx, history, framer)
     python -m bench --markdown       # the table as Markdown too, for docs/performance.md
 
 A benchmark that cannot run (a missing binary, a process that does not start) prints a row saying why and the
@@ -63,6 +63,12 @@ def _scrape() -> list[Row]:
     return scrape.run()
 
 
+def _framer() -> list[Row]:
+    from bench import framer
+
+    return framer.run()
+
+
 def _influx() -> list[Row]:
     """Run bench/influx_drain.py (the InfluxDB engineer's benchmark): drain only as baseline, then with live flow."""
     figure = "InfluxDB: 1M spooled points drain (readings flowing)"
@@ -98,6 +104,7 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "scrape": _scrape,
     "influx": _influx,
     "history": _history,
+    "framer": _framer,
 }
 
 

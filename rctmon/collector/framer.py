@@ -18,6 +18,7 @@ bit-by-bit `CRC16` computes) checks the sum, so the per-byte work stays in C.
 from __future__ import annotations
 
 import binascii
+import heapq
 import logging
 import math
 from dataclasses import dataclass
@@ -95,53 +96,6 @@ def crc16(data: bytes | bytearray) -> int:
     return binascii.crc_hqx(data, _CRC_INIT)
 
 
-class _Incomplete(Exception):
-    """The buffer ends before the frame does."""
-
-
-class _Broken(Exception):
-    """An unescaped start byte sits where the frame should continue."""
-
-
-def _take(buf: bytearray, pos: int, count: int) -> tuple[bytes, int]:
-    """Return `count` unescaped bytes read from `buf` at `pos`, and the position after them.
-
-    Raises _Incomplete when the buffer runs out first and _Broken at an unescaped start byte.
-    """
-    size = len(buf)
-    stop = pos + count
-    escape = buf.find(ESCAPE, pos, min(stop, size))
-    start = buf.find(START, pos, escape if escape >= 0 else min(stop, size))
-    if start >= 0:
-        raise _Broken
-    if escape < 0:  # the common case: no escaped byte
-        if stop > size:
-            raise _Incomplete
-        return bytes(buf[pos:stop]), stop
-    out = bytearray()
-    while count:
-        limit = min(pos + count, size)
-        escape = buf.find(ESCAPE, pos, limit)
-        start = buf.find(START, pos, escape if escape >= 0 else limit)
-        if start >= 0:
-            raise _Broken
-        if escape < 0:
-            out += buf[pos:limit]
-            count -= limit - pos
-            pos = limit
-            if count:
-                raise _Incomplete
-            break
-        out += buf[pos:escape]
-        count -= escape - pos
-        if escape + 1 >= size:
-            raise _Incomplete
-        out.append(buf[escape + 1])  # an escaped byte is taken literally, whatever it is (as rctclient does)
-        count -= 1
-        pos = escape + 2
-    return bytes(out), pos
-
-
 _PARTIAL = "partial"
 
 
@@ -176,21 +130,129 @@ _OK, _REJECT, _INCOMPLETE, _NO_FRAME = range(4)
 Frame = tuple[int, bytes]  # (object id, payload)
 
 
+class _Candidate:
+    """The frame that may begin at one start byte, read as far as the bytes have come.
+
+    Kept across `feed` calls and read on from where it stopped, so that a frame arriving a byte at a time costs what
+    it costs in one piece (issue 11: re-reading an escaped 8 KB frame from its start on every byte took 21 s of CPU).
+    Positions are offsets in the whole stream, not in the buffer, whose front is cut away as frames are taken.
+    """
+
+    __slots__ = ("start", "pos", "data", "need", "header", "outcome", "result", "end", "ready_at")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.pos = start + 1  # the next byte to read
+        self.data = bytearray()  # unescaped bytes read: command, length, [address], object id, payload, CRC
+        self.header = 0  # size of command + length field; 0 until the command byte is known
+        self.need = 0  # unescaped bytes to read in all: the header's, then the whole frame's once the length is known
+        self.outcome = _INCOMPLETE
+        self.result: Frame | str | None = None  # the frame (_OK) or the error kind (_REJECT)
+        self.end = start  # after the frame (or as far as the rejection needed to look)
+        self.ready_at = start + 2  # the stream must be this long before reading on can finish the frame
+
+    def _finish(self, outcome: int, result: Frame | str | None, end: int) -> None:
+        self.outcome, self.result, self.end = outcome, result, end
+        self.data = bytearray()
+
+    def advance(self, buf: bytearray, base: int, known: Container[int]) -> int:
+        """Read on in `buf` (whose first byte is at stream offset `base`); return how many bytes were examined."""
+        size = len(buf)
+        if not self.header:
+            at = self.start + 1 - base
+            if at >= size:
+                return 0
+            info = _COMMANDS.get(buf[at])
+            if info is None:  # a "+" followed by no command: part of the garbage around it
+                self._finish(_NO_FRAME, None, self.start)
+            elif not info.parsable:
+                self._finish(_REJECT, NOT_RESPONSE, self.start + 2)
+            else:
+                self.header = self.need = 3 if info.long else 2
+            if not self.header:
+                return 1
+        data = self.data
+        pos = begin = self.pos - base
+        while True:
+            # Unescape up to `need` bytes, as rctclient does: an escaped byte is taken literally, whatever it is.
+            limit = min(pos + self.need - len(data), size)
+            escape = buf.find(ESCAPE, pos, limit)
+            if buf.find(START, pos, escape if escape >= 0 else limit) >= 0:
+                self._finish(_REJECT, TRUNCATED, self.start + 1)
+                return size - begin if escape < 0 else escape - begin
+            if escape < 0:
+                data += buf[pos:limit]
+                pos = limit
+            else:
+                data += buf[pos:escape]
+                if escape + 1 >= size:
+                    pos = escape
+                    break
+                data.append(buf[escape + 1])
+                pos = escape + 2
+            if len(data) < self.need:
+                if pos >= size:
+                    break
+                continue
+            if self.need == self.header:
+                length = int.from_bytes(data[1:], "big")
+                info = _COMMANDS[data[0]]
+                minimum = _ID_SIZE + (_ADDRESS_SIZE if info.plant else 0)
+                if not minimum <= length <= MAX_LENGTH:
+                    self._finish(_REJECT, ABSURD_LENGTH, base + pos)
+                    return pos - begin
+                self.need = self.header + length + _CRC_SIZE
+                continue
+            self._complete(base + pos, known)
+            return pos - begin
+        self.pos = base + pos
+        self.ready_at = self.pos + self.need - len(data)
+        return pos - begin
+
+    def _complete(self, end: int, known: Container[int]) -> None:
+        data, header = self.data, self.header
+        length = len(data) - header - _CRC_SIZE
+        if crc16(data[:header + length]) != int.from_bytes(data[header + length:], "big"):
+            self._finish(_REJECT, CRC, end)
+            return
+        reject = _COMMANDS[data[0]].reject
+        if reject is not None:
+            self._finish(_REJECT, reject, end)
+            return
+        object_id = int.from_bytes(data[header:header + _ID_SIZE], "big")
+        if object_id not in known:
+            self._finish(_REJECT, UNKNOWN_OBJECT, end)
+            return
+        self._finish(_OK, (object_id, bytes(data[header + _ID_SIZE:header + length])), end)
+
+
 class Framer:
     """Turn received bytes into (object id, payload) of valid answers; count everything skipped.
 
     `feed` never raises and never waits for bytes a valid frame behind the current one does not need: an incomplete
     candidate is given up as soon as a later start byte begins a complete valid answer.
+
+    The work follows the bytes, not the way TCP cuts them: every candidate frame keeps what it has read
+    (`_Candidate`), the candidates after an incomplete one wait in a heap until enough bytes have come to finish them,
+    and start bytes are looked for only in bytes not searched yet. `examined` counts the bytes looked at, so tests can
+    check that without timing anything.
     """
 
     def __init__(self, errors: dict[str, int] | None = None, known: Container[int] = RESPONSE_TYPES) -> None:
         self.errors: dict[str, int] = errors if errors is not None else {}
         self._known = known
         self._buf = bytearray()
+        self._base = 0  # stream offset of self._buf[0]
+        self._candidates: dict[int, _Candidate] = {}  # by stream offset of their start byte
+        self._kept = 0  # candidates left after the last clean-up
+        self._waiting: list[tuple[int, int]] = []  # heap of (ready_at, start) of incomplete candidates
+        self._found: list[int] = []  # heap of starts of valid answers found after an incomplete candidate
+        self._searched = 0  # stream offset up to which every start byte after the first candidate has a candidate
         self._quiet = False  # skipped bytes belong to a frame already counted as rejected
         self._in_garbage = False  # the current run of garbage has been counted
         self._debug = False  # log what is skipped (rctmon.frames at DEBUG, --frame-debug)
         self.frames = 0  # valid answers returned
+        self.examined = 0  # bytes looked at while parsing (for tests: proportional to the bytes fed, however split)
 
     @property
     def buffered(self) -> int:
@@ -212,6 +274,7 @@ class Framer:
         pos = 0
         while True:
             start = buf.find(START, pos)
+            self.examined += (len(buf) if start < 0 else start) - pos
             if start < 0:
                 end = len(buf) - _noise_head(buf, pos)
                 self._skip(buf, pos, end)
@@ -253,6 +316,8 @@ class Framer:
                 pos = start + 1  # a real frame may hide inside the rejected one
         if pos:
             del buf[:pos]
+            self._base += pos
+            self._forget_passed()
         self.frames += len(frames)
         return frames
 
@@ -260,51 +325,78 @@ class Framer:
         """Account for bytes skipped between frames: NUL prefixes are normal, anything else is garbage."""
         if end <= begin or self._quiet or self._in_garbage:
             return
+        self.examined += end - begin
         if buf.count(0, begin, end) != end - begin:
             self._count(GARBAGE, buf, begin, end)
             self._in_garbage = True
 
-    def _complete_later(self, buf: bytearray, start: int) -> int | None:
-        """Return the start of a complete valid answer after an incomplete candidate, if there is one.
-
-        Without this, garbage that looks like the start of a long frame would hold back the real answers behind it
-        until enough further bytes arrived.
-        """
-        later = buf.find(START, start + 1)
-        while later >= 0:
-            if self._parse(buf, later)[0] == _OK:
-                return later
-            later = buf.find(START, later + 1)
-        return None
+    def _candidate(self, buf: bytearray, start: int) -> _Candidate:
+        """Return the candidate frame at buffer position `start`, read on as far as the buffer goes."""
+        key = self._base + start
+        candidate = self._candidates.get(key)
+        if candidate is None:
+            candidate = self._candidates[key] = _Candidate(key)
+        if candidate.outcome == _INCOMPLETE:
+            self.examined += candidate.advance(buf, self._base, self._known)
+        return candidate
 
     def _parse(self, buf: bytearray, start: int) -> tuple[int, Frame | str | None, int]:
-        """Try to read one frame at `start`: (outcome, frame or error kind, position after the frame)."""
-        if start + 1 >= len(buf):
-            return _INCOMPLETE, None, start
-        info = _COMMANDS.get(buf[start + 1])
-        if info is None:
-            return _NO_FRAME, None, start
-        if not info.parsable:
-            return _REJECT, NOT_RESPONSE, start + 2
-        try:
-            header, pos = _take(buf, start + 1, 3 if info.long else 2)
-            length = int.from_bytes(header[1:], "big")
-            minimum = _ID_SIZE + (_ADDRESS_SIZE if info.plant else 0)
-            if not minimum <= length <= MAX_LENGTH:
-                return _REJECT, ABSURD_LENGTH, pos
-            body, end = _take(buf, pos, length + _CRC_SIZE)
-        except _Incomplete:
-            return _INCOMPLETE, None, start
-        except _Broken:
-            return _REJECT, TRUNCATED, start + 1
-        if crc16(header + body[:length]) != int.from_bytes(body[length:], "big"):
-            return _REJECT, CRC, end
-        if info.reject is not None:
-            return _REJECT, info.reject, end
-        object_id = int.from_bytes(body[:_ID_SIZE], "big")
-        if object_id not in self._known:
-            return _REJECT, UNKNOWN_OBJECT, end
-        return _OK, (object_id, body[_ID_SIZE:length]), end
+        """Try to read one frame at `start`: (outcome, frame or error kind, buffer position after the frame)."""
+        candidate = self._candidate(buf, start)
+        return candidate.outcome, candidate.result, candidate.end - self._base
+
+    def _complete_later(self, buf: bytearray, start: int) -> int | None:
+        """Return the first start of a complete valid answer after an incomplete candidate, if there is one.
+
+        Without this, garbage that looks like the start of a long frame would hold back the real answers behind it
+        until enough further bytes arrived. Each later candidate is read once, in pieces: a candidate that cannot be
+        finished yet waits in `_waiting` until the stream is long enough, and only new bytes are searched for start
+        bytes. Every valid answer found that way is in `_found` until it is taken.
+        """
+        base = self._base
+        first, stream_end = base + start, base + len(buf)
+        waiting, found = self._waiting, self._found
+        while waiting and waiting[0][0] <= stream_end:
+            ready_at, key = heapq.heappop(waiting)
+            candidate = self._candidates.get(key)
+            if (key <= first or candidate is None or candidate.outcome != _INCOMPLETE
+                    or candidate.ready_at != ready_at):
+                continue  # passed, finished, or waiting with a later ready_at
+            self.examined += candidate.advance(buf, base, self._known)
+            self._file(candidate)
+        while found and found[0] <= first:
+            heapq.heappop(found)
+        if found:  # found before any start byte not searched yet, so before any answer there
+            return found[0] - base
+        later = buf.find(START, max(self._searched - base, start + 1))
+        while later >= 0:
+            self._searched = base + later + 1
+            candidate = self._candidate(buf, later)
+            if candidate.outcome == _OK:
+                return later
+            self._file(candidate)
+            later = buf.find(START, later + 1)
+        self._searched = stream_end
+        return None
+
+    def _file(self, candidate: _Candidate) -> None:
+        """Put a later candidate where `_complete_later` looks for it: waiting, or found valid."""
+        if candidate.outcome == _INCOMPLETE:
+            heapq.heappush(self._waiting, (candidate.ready_at, candidate.start))
+        elif candidate.outcome == _OK:
+            heapq.heappush(self._found, candidate.start)
+
+    def _forget_passed(self) -> None:
+        """Drop candidates the stream has passed; the whole table only when it has doubled, so this stays cheap."""
+        if len(self._candidates) <= 2 * self._kept + 16:
+            return
+        base = self._base
+        self._candidates = {key: c for key, c in self._candidates.items() if key >= base}
+        self._waiting = [(c.ready_at, key) for key, c in self._candidates.items() if c.outcome == _INCOMPLETE]
+        heapq.heapify(self._waiting)
+        self._found = [key for key in self._found if key >= base]
+        heapq.heapify(self._found)
+        self._kept = len(self._candidates)
 
 
 class Invalid:
