@@ -11,16 +11,20 @@ Wire format (rctclient `make_frame`): `+`, command, length (1 byte, 2 for long c
 plant frames], 4-byte object id, payload, CRC16 over command..payload. After the start byte every `+` and `-` is
 escaped by a preceding `-`, so an unescaped `+` inside a frame means the frame was cut short.
 
-Hot path: `bytes.find` locates start and escape bytes and `binascii.crc_hqx` (the same CRC-CCITT that rctclient's
-bit-by-bit `CRC16` computes) checks the sum, so the per-byte work stays in C.
+Work follows the bytes, however TCP cuts them (issue 11): the stream is unescaped once as it arrives (`_Unescaped`,
+with `re` and `bytes.find`, in C), every candidate frame keeps how far it has read (`_Candidate`), and candidates
+wait in a heap until enough bytes have come to finish them. `binascii.crc_hqx` (the CRC-CCITT that rctclient's
+bit-by-bit `CRC16` computes) checks the sum. bench/framer.py feeds real and hostile streams in many splits.
 """
 
 from __future__ import annotations
 
 import binascii
+import bisect
 import heapq
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Union
 from collections.abc import Container, Mapping
@@ -128,102 +132,173 @@ def _noise_head(buf: bytearray, floor: int) -> int:
 #: Outcomes of parsing at one start byte.
 _OK, _REJECT, _INCOMPLETE, _NO_FRAME = range(4)
 Frame = tuple[int, bytes]  # (object id, payload)
+_ESCAPE_BYTE = ESCAPE[0]
+_SPECIAL = re.compile(rb"-.|\+", re.DOTALL)  # an escape pair or an unescaped start byte, read left to right
+_PAIR = re.compile(rb"-(.)", re.DOTALL)
+
+
+class _Unescaped:
+    """The stream with its escapes undone once, shared by every candidate frame.
+
+    A unit is one byte of the unescaped stream: a plain byte, an escaped byte (`-` and the byte after it, taken
+    literally whatever it is, as rctclient does) or an unescaped start byte, a break no frame reads across.
+    Undoing escapes depends on where one starts only inside a run of `-`: after any other byte every reading is in
+    step. A candidate's command byte is never `-`, so from the byte after it on every candidate reads exactly these
+    units: the stream is unescaped once (C speed, `re`), and reading a candidate of any length is a few bisections
+    and one slice. Without this, garbage whose start bytes each begin a long candidate reaching over the next ones
+    costs each candidate a pass over the same bytes.
+    """
+
+    def __init__(self) -> None:
+        self.units = bytearray()  # the units from unit index `first` on
+        self.first = 0
+        self.count = 0  # units complete so far (index of the next one)
+        self.wire = 0  # stream offset up to which bytes have been read
+        self._pending = False  # the last byte read is a `-` whose escaped byte has not come yet
+        self._pair_units: list[int] = []  # unit index of every escaped byte, ascending
+        self._pair_wire: list[int] = []  # stream offset of its `-`
+        self._pairs_dropped = 0  # pairs forgotten from the front of both lists
+        self._breaks: list[int] = []  # unit index of every unescaped start byte
+
+    def extend(self, buf: bytearray, base: int) -> int:
+        """Read the bytes of `buf` (whose first byte is at stream offset `base`) not read yet; return how many."""
+        new = buf[self.wire - base:]
+        if not new:
+            return 0
+        read = len(new)
+        if self._pending:
+            self._pair_units.append(self.count)
+            self._pair_wire.append(self.wire - 1)
+            self.units.append(new[0])
+            self.count += 1
+            self.wire += 1
+            del new[:1]
+        # an odd run of "-" at the end: its last one escapes a byte still to come
+        self._pending = bool(new) and new[-1] == _ESCAPE_BYTE and bool((len(new) - len(new.rstrip(ESCAPE))) & 1)
+        if self._pending:
+            del new[-1:]
+        if ESCAPE in new or START in new:
+            pairs = 0
+            for match in _SPECIAL.finditer(new):
+                at = match.start()
+                if new[at] == _ESCAPE_BYTE:
+                    self._pair_units.append(self.count + at - pairs)
+                    self._pair_wire.append(self.wire + at)
+                    pairs += 1
+                else:
+                    self._breaks.append(self.count + at - pairs)
+            self.units += _PAIR.sub(rb"\1", new)
+        else:
+            self.units += new
+        self.count = self.first + len(self.units)
+        self.wire = base + len(buf)
+        return read
+
+    def unit_at(self, offset: int) -> int:
+        """Return the index of the unit that begins at stream offset `offset` (or that holds it)."""
+        return offset - self._pairs_dropped - bisect.bisect_left(self._pair_wire, offset)
+
+    def offset_of(self, unit: int) -> int:
+        """Return the stream offset at which unit `unit` begins."""
+        return unit + self._pairs_dropped + bisect.bisect_left(self._pair_units, unit)
+
+    def first_break(self, unit: int) -> int:
+        """Return the index of the first unescaped start byte at or after `unit`, or -1."""
+        i = bisect.bisect_left(self._breaks, unit)
+        return self._breaks[i] if i < len(self._breaks) else -1
+
+    def take(self, unit: int, count: int) -> bytes:
+        return bytes(self.units[unit - self.first:unit - self.first + count])
+
+    def forget_before(self, offset: int) -> None:
+        """Let go of units before stream offset `offset`; only once they are most of what is kept (amortised)."""
+        unit = self.unit_at(offset) - 1
+        if unit - self.first < max(4096, len(self.units) // 2):
+            return
+        del self.units[:unit - self.first]
+        self.first = unit
+        pairs = bisect.bisect_left(self._pair_units, unit)
+        del self._pair_units[:pairs]
+        del self._pair_wire[:pairs]
+        self._pairs_dropped += pairs
+        del self._breaks[:bisect.bisect_left(self._breaks, unit)]
 
 
 class _Candidate:
     """The frame that may begin at one start byte, read as far as the bytes have come.
 
     Kept across `feed` calls and read on from where it stopped, so that a frame arriving a byte at a time costs what
-    it costs in one piece (issue 11: re-reading an escaped 8 KB frame from its start on every byte took 21 s of CPU).
-    Positions are offsets in the whole stream, not in the buffer, whose front is cut away as frames are taken.
+    it costs in one piece (issue 11: parsed again from its start on every byte, an escaped 8 KB frame cost 21.5 s of
+    CPU). Positions are stream offsets, not buffer positions: the buffer's front is cut away as frames are taken.
     """
 
-    __slots__ = ("start", "pos", "data", "need", "header", "outcome", "result", "end", "ready_at")
+    __slots__ = ("start", "command", "header", "unit", "need", "outcome", "result", "end", "ready_at")
 
     def __init__(self, start: int) -> None:
         self.start = start
-        self.pos = start + 1  # the next byte to read
-        self.data = bytearray()  # unescaped bytes read: command, length, [address], object id, payload, CRC
-        self.header = 0  # size of command + length field; 0 until the command byte is known
-        self.need = 0  # unescaped bytes to read in all: the header's, then the whole frame's once the length is known
+        self.command = -1  # the command byte, once it has come
+        self.header = 0  # units of the length field (after the command byte)
+        self.unit = 0  # index of the unit after the command byte (see _Unescaped)
+        self.need = 0  # units after the command byte: the length field's, then the whole frame's
         self.outcome = _INCOMPLETE
         self.result: Frame | str | None = None  # the frame (_OK) or the error kind (_REJECT)
         self.end = start  # after the frame (or as far as the rejection needed to look)
         self.ready_at = start + 2  # the stream must be this long before reading on can finish the frame
 
-    def _finish(self, outcome: int, result: Frame | str | None, end: int) -> None:
+    def finish(self, outcome: int, result: Frame | str | None, end: int) -> None:
         self.outcome, self.result, self.end = outcome, result, end
-        self.data = bytearray()
 
-    def advance(self, buf: bytearray, base: int, known: Container[int]) -> int:
-        """Read on in `buf` (whose first byte is at stream offset `base`); return how many bytes were examined."""
-        size = len(buf)
-        if not self.header:
+    def advance(self, buf: bytearray, base: int, text: _Unescaped, known: Container[int]) -> int:
+        """Read on as far as the stream goes (`buf` begins at stream offset `base`); return the bytes examined."""
+        if self.command < 0:
             at = self.start + 1 - base
-            if at >= size:
+            if at >= len(buf):
                 return 0
             info = _COMMANDS.get(buf[at])
             if info is None:  # a "+" followed by no command: part of the garbage around it
-                self._finish(_NO_FRAME, None, self.start)
-            elif not info.parsable:
-                self._finish(_REJECT, NOT_RESPONSE, self.start + 2)
-            else:
-                self.header = self.need = 3 if info.long else 2
-            if not self.header:
+                self.finish(_NO_FRAME, None, self.start)
                 return 1
-        data = self.data
-        pos = begin = self.pos - base
+            if not info.parsable:
+                self.finish(_REJECT, NOT_RESPONSE, self.start + 2)
+                return 1
+            self.command = buf[at]
+            self.header = self.need = 2 if info.long else 1
+            self.unit = text.unit_at(self.start + 2)
+        cut = text.first_break(self.unit)
         while True:
-            # Unescape up to `need` bytes, as rctclient does: an escaped byte is taken literally, whatever it is.
-            limit = min(pos + self.need - len(data), size)
-            escape = buf.find(ESCAPE, pos, limit)
-            if buf.find(START, pos, escape if escape >= 0 else limit) >= 0:
-                self._finish(_REJECT, TRUNCATED, self.start + 1)
-                return size - begin if escape < 0 else escape - begin
-            if escape < 0:
-                data += buf[pos:limit]
-                pos = limit
-            else:
-                data += buf[pos:escape]
-                if escape + 1 >= size:
-                    pos = escape
-                    break
-                data.append(buf[escape + 1])
-                pos = escape + 2
-            if len(data) < self.need:
-                if pos >= size:
-                    break
-                continue
-            if self.need == self.header:
-                length = int.from_bytes(data[1:], "big")
-                info = _COMMANDS[data[0]]
-                minimum = _ID_SIZE + (_ADDRESS_SIZE if info.plant else 0)
-                if not minimum <= length <= MAX_LENGTH:
-                    self._finish(_REJECT, ABSURD_LENGTH, base + pos)
-                    return pos - begin
-                self.need = self.header + length + _CRC_SIZE
-                continue
-            self._complete(base + pos, known)
-            return pos - begin
-        self.pos = base + pos
-        self.ready_at = self.pos + self.need - len(data)
-        return pos - begin
+            stop = self.unit + self.need
+            if 0 <= cut < stop:  # an unescaped start byte where the frame should go on
+                self.finish(_REJECT, TRUNCATED, self.start + 1)
+                return 1
+            if stop > text.count:
+                self.ready_at = text.wire + stop - text.count
+                return 1
+            if self.need > self.header:
+                break
+            length = int.from_bytes(text.take(self.unit, self.header), "big")
+            minimum = _ID_SIZE + (_ADDRESS_SIZE if _COMMANDS[self.command].plant else 0)
+            if not minimum <= length <= MAX_LENGTH:
+                self.finish(_REJECT, ABSURD_LENGTH, text.offset_of(stop))
+                return 1
+            self.need += length + _CRC_SIZE
+        self._complete(bytes((self.command,)) + text.take(self.unit, self.need), text.offset_of(stop), known)
+        return self.need
 
-    def _complete(self, end: int, known: Container[int]) -> None:
-        data, header = self.data, self.header
+    def _complete(self, data: bytes, end: int, known: Container[int]) -> None:
+        header = 1 + self.header
         length = len(data) - header - _CRC_SIZE
         if crc16(data[:header + length]) != int.from_bytes(data[header + length:], "big"):
-            self._finish(_REJECT, CRC, end)
+            self.finish(_REJECT, CRC, end)
             return
-        reject = _COMMANDS[data[0]].reject
+        reject = _COMMANDS[self.command].reject
         if reject is not None:
-            self._finish(_REJECT, reject, end)
+            self.finish(_REJECT, reject, end)
             return
         object_id = int.from_bytes(data[header:header + _ID_SIZE], "big")
         if object_id not in known:
-            self._finish(_REJECT, UNKNOWN_OBJECT, end)
+            self.finish(_REJECT, UNKNOWN_OBJECT, end)
             return
-        self._finish(_OK, (object_id, bytes(data[header + _ID_SIZE:header + length])), end)
+        self.finish(_OK, (object_id, data[header + _ID_SIZE:header + length]), end)
 
 
 class Framer:
@@ -232,10 +307,10 @@ class Framer:
     `feed` never raises and never waits for bytes a valid frame behind the current one does not need: an incomplete
     candidate is given up as soon as a later start byte begins a complete valid answer.
 
-    The work follows the bytes, not the way TCP cuts them: every candidate frame keeps what it has read
+    The work follows the bytes, not the way TCP cuts them: every candidate frame keeps how far it has read
     (`_Candidate`), the candidates after an incomplete one wait in a heap until enough bytes have come to finish them,
-    and start bytes are looked for only in bytes not searched yet. `examined` counts the bytes looked at, so tests can
-    check that without timing anything.
+    and start bytes are looked for only in bytes not searched yet. `examined` counts the bytes read and the steps
+    taken, so tests can check the work without timing anything.
     """
 
     def __init__(self, errors: dict[str, int] | None = None, known: Container[int] = RESPONSE_TYPES) -> None:
@@ -243,6 +318,7 @@ class Framer:
         self._known = known
         self._buf = bytearray()
         self._base = 0  # stream offset of self._buf[0]
+        self._text = _Unescaped()
         self._candidates: dict[int, _Candidate] = {}  # by stream offset of their start byte
         self._kept = 0  # candidates left after the last clean-up
         self._waiting: list[tuple[int, int]] = []  # heap of (ready_at, start) of incomplete candidates
@@ -270,6 +346,7 @@ class Framer:
         self._debug = frame_log.isEnabledFor(logging.DEBUG)
         buf = self._buf
         buf += data
+        self.examined += self._text.extend(buf, self._base)
         frames: list[Frame] = []
         pos = 0
         while True:
@@ -318,6 +395,7 @@ class Framer:
             del buf[:pos]
             self._base += pos
             self._forget_passed()
+            self._text.forget_before(self._base)
         self.frames += len(frames)
         return frames
 
@@ -337,7 +415,7 @@ class Framer:
         if candidate is None:
             candidate = self._candidates[key] = _Candidate(key)
         if candidate.outcome == _INCOMPLETE:
-            self.examined += candidate.advance(buf, self._base, self._known)
+            self.examined += candidate.advance(buf, self._base, self._text, self._known)
         return candidate
 
     def _parse(self, buf: bytearray, start: int) -> tuple[int, Frame | str | None, int]:
@@ -362,7 +440,7 @@ class Framer:
             if (key <= first or candidate is None or candidate.outcome != _INCOMPLETE
                     or candidate.ready_at != ready_at):
                 continue  # passed, finished, or waiting with a later ready_at
-            self.examined += candidate.advance(buf, base, self._known)
+            self.examined += candidate.advance(buf, base, self._text, self._known)
             self._file(candidate)
         while found and found[0] <= first:
             heapq.heappop(found)
