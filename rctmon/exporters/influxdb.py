@@ -137,7 +137,10 @@ def run(config: Config, channel: Channel) -> None:
     path = spool_path(settings)
     try:
         spool = Spool(path, settings.spool_max_points)
-    except (OSError, sqlite3.Error, SpoolLocked) as exc:
+    except SpoolLocked as exc:
+        log.error("%s", exc)  # says who holds it and what to do; no hint about permissions
+        raise
+    except (OSError, sqlite3.Error) as exc:
         log.error("cannot open the InfluxDB spool %s: %s; check the directory's permissions and free space, or set "
                   "influxdb.spool_path", path, exc)
         raise
