@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: figure, target, measured, same-run baseline, pass/miss.
 
     python -m bench                  # everything (about 3 minutes on 2 cores)
-    python -m bench startup scrape   # only these (startup, memory, headroom, cpu, scrape, influx, history, framer)
+    python -m bench startup scrape   # only these (the keys of BENCHMARKS below; --help lists them)
     python -m bench --markdown       # the table as Markdown too, for docs/performance.md
 
 A benchmark that cannot run (a missing binary, a process that does not start) prints a row saying why and the
@@ -63,6 +63,12 @@ def _scrape() -> list[Row]:
     return scrape.run()
 
 
+def _spool() -> list[Row]:
+    from bench import spool_open
+
+    return spool_open.run()
+
+
 def _framer() -> list[Row]:
     from bench import framer
 
@@ -105,6 +111,7 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "influx": _influx,
     "history": _history,
     "framer": _framer,
+    "spool": _spool,
 }
 
 
