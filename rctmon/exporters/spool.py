@@ -227,9 +227,8 @@ class Spool:
                     holder = self._holder(fd)
                     os.close(fd)
                     raise SpoolLocked(
-                        f"the InfluxDB spool {self.path} is in use by another process{holder}, e.g. a second "
-                        "rctmon daemon with the same influxdb.spool_path: stop it, or give each its own "
-                        "influxdb.spool_path") from None
+                        f"the spool {self.path} is in use by another process{holder} (two processes would send "
+                        "every point twice): stop it, or give each its own influxdb.spool_path") from None
                 time.sleep(0.1)
 
     @staticmethod
