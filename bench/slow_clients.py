@@ -11,7 +11,7 @@ connections open in a mix of three kinds, and opens a new one whenever the serve
 One thread and non-blocking sockets, so it runs beside the client it disturbs without taking a core. As a script it
 runs until SIGTERM and prints a line of counters every second (the benchmark and the tests read them):
 
-    python -m bench.slow_clients PORT [COUNT]
+    python -m bench.slow_clients PORT [COUNT [KINDS]]     # KINDS: comma-separated, e.g. idle,drip
 """
 
 from __future__ import annotations
@@ -197,10 +197,14 @@ def raise_file_limit(needed: int) -> bool:
 def main(argv: list[str]) -> int:
     port = int(argv[0])
     count = int(argv[1]) if len(argv) > 1 else 1000
+    kinds = tuple(argv[2].split(",")) if len(argv) > 2 else KINDS
+    if not set(kinds) <= set(KINDS):
+        print(f"unknown kinds {sorted(set(kinds) - set(KINDS))}; known: {', '.join(KINDS)}", file=sys.stderr)
+        return 2
     if not raise_file_limit(count + 64):
         print(f"cannot open {count} descriptors (RLIMIT_NOFILE)", file=sys.stderr)
         return 2
-    holder = SlowClients(port, count)
+    holder = SlowClients(port, count, kinds=kinds)
     signal.signal(signal.SIGTERM, lambda *_: holder.stop())
     signal.signal(signal.SIGINT, lambda *_: holder.stop())
     holder.run(report_every=1.0)

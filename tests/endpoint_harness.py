@@ -1,0 +1,243 @@
+"""What the attack tests of the endpoint share (issue 11): a prometheus child as the supervisor runs it, with its log
+in a file, and the hostile clients of bench/slow_clients.py in a process of their own.
+
+The child is forked and runs `rctmon.exporters.prometheus.run` on a socket bound here, exactly as under the
+supervisor, so its threads, descriptors and memory are those of the real endpoint (read from /proc/PID).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import multiprocessing
+import os
+import re
+import resource
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+from collections.abc import Iterator
+
+import pytest
+
+import support
+from rctmon.channel import Channel, ChannelClosed
+from rctmon.config import Config
+from rctmon.exporters.listen import bind_endpoint
+from rctmon.exporters.prometheus import run
+from rctmon.messages import Started, Stop
+from rctmon.proc import become_child
+
+_FORK = multiprocessing.get_context("fork")
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+def _child_main(config: Config, channel: Channel, parent_end: Channel, sock: socket.socket, log_path: str) -> None:
+    parent_end.close()  # or the child itself would keep the channel open and never see the parent go
+    become_child("prometheus")
+    logging.basicConfig(filename=log_path, level=logging.INFO, force=True,
+                        format="%(levelname)s %(name)s %(message)s")
+    run(config, channel, sock)
+
+
+@dataclass
+class Child:
+    """A running prometheus child: its process, channel end, listening socket and log file."""
+
+    process: multiprocessing.process.BaseProcess
+    channel: Channel
+    sock: socket.socket
+    log_path: str
+    tls_ca: str | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    def wait_started(self) -> None:
+        received: list[object] = []
+
+        def started() -> bool:
+            try:
+                received.extend(self.channel.receive())
+            except ChannelClosed:
+                raise AssertionError("the child closed its channel before Started") from None
+            return any(isinstance(m, Started) for m in received)
+
+        support.wait_for(started, 10, message="Started")
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/task"))
+
+    def descriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def log_lines(self) -> list[str]:
+        with open(self.log_path, encoding="utf-8", errors="replace") as log:
+            return log.read().splitlines()
+
+    def get(self, path: str = "/metrics", timeout: float = 5.0) -> tuple[int, float]:
+        """Return (status, seconds) of one GET on a fresh connection, TLS if the child serves TLS."""
+        began = time.monotonic()
+        if self.tls_ca:
+            context = ssl.create_default_context(cafile=self.tls_ca)
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                                                           context=context)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status != 200 or b"rctmon_process_up" in body or path != "/metrics"
+            return response.status, time.monotonic() - began
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.process.is_alive() and not self.channel.closed:
+            self.channel.send(Stop())
+            self.channel.flush()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.channel.close()
+        self.sock.close()
+
+
+def start_child(log_path: str, tls: tuple[str, str] | None = None, config: Config | None = None) -> Child:
+    """Fork a prometheus child serving a fresh loopback port (TLS with a (cert, key) pair).
+
+    The caller stops it (`Child.stop`), whatever happens."""
+    config = config or Config()
+    if tls:
+        config.prometheus.tls_cert_file, config.prometheus.tls_key_file = tls
+    sock = bind_endpoint("127.0.0.1", 0)
+    ours, theirs = Channel.pair()
+    process = _FORK.Process(target=_child_main, args=(config, theirs, ours, sock, log_path), name="test-endpoint")
+    process.start()
+    theirs.close()
+    return Child(process, ours, sock, log_path, tls[0] if tls else None)
+
+
+@pytest.fixture
+def endpoint_child(tmp_path) -> Iterator[Callable[..., Child]]:
+    """Return a function that starts a prometheus child (TLS with a (cert, key) pair); stopped afterwards."""
+    started: list[Child] = []
+
+    def start(tls: tuple[str, str] | None = None, config: Config | None = None) -> Child:
+        started.append(start_child(str(tmp_path / f"prometheus-{len(started)}.log"), tls, config))
+        started[-1].wait_started()
+        return started[-1]
+
+    yield start
+    for child in started:
+        child.stop()
+
+
+@pytest.fixture
+def certificate(tmp_path) -> tuple[str, str]:
+    """Return (certificate, key) files of a self-signed certificate for 127.0.0.1, made with the openssl CLI."""
+    openssl = support.require_binary("openssl")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=20)
+    return cert, key
+
+
+def need_descriptors(count: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE up to the hard limit for `count` more sockets; skip if it is too low.
+
+    Children forked or started afterwards inherit the raised limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = count + len(os.listdir("/proc/self/fd")) + 64
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the {needed} descriptors this test needs")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else hard, hard))
+
+
+@dataclass
+class Holder:
+    """bench/slow_clients.py running in a process of its own, holding hostile connections."""
+
+    proc: subprocess.Popen[bytes]
+    out_path: str
+
+    def counters(self) -> dict[str, int]:
+        with open(self.out_path, encoding="utf-8", errors="replace") as out:
+            lines = [line for line in out.read().splitlines() if line.startswith("held ")]
+        if not lines:
+            assert self.proc.poll() is None, f"the slow clients exited with {self.proc.returncode}"
+            return {}
+        words = lines[-1].split()
+        return {name: int(number) for name, number in zip(words[::2], words[1::2])}
+
+    def wait_connected(self, count: int, timeout: float = 30.0) -> None:
+        support.wait_for(lambda: self.counters().get("connects", 0) >= count, timeout, interval=0.2,
+                         message=f"{count} slow clients to connect")
+
+
+@pytest.fixture
+def slow_clients(tmp_path) -> Iterator[Callable[[int, int, str], Holder]]:
+    """Return a function that starts bench/slow_clients.py against a port; every holder is stopped afterwards."""
+    holders: list[Holder] = []
+
+    def start(port: int, count: int, kinds: str) -> Holder:
+        need_descriptors(count)
+        out_path = str(tmp_path / f"slow-clients-{len(holders)}.out")
+        with open(out_path, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "bench.slow_clients", str(port), str(count), kinds],
+                                    stdout=out, stderr=subprocess.STDOUT, cwd=support.REPO)
+        holders.append(Holder(proc, out_path))
+        return holders[-1]
+
+    yield start
+    for holder in holders:
+        support.stop_process(holder.proc)
+
+
+def statuses(answer: bytes) -> list[int]:
+    """Return the status codes of every response in a raw answer, in order."""
+    return [int(code) for code in STATUS_LINE.findall(answer)]
+
+
+def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes on a fresh connection; return all the server answers until it closes (a reset ends it too)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and closed before taking it all
+            pass
+        answer = bytearray()
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return bytes(answer)
+            except socket.timeout:
+                raise AssertionError(f"the server did not close within {timeout} s; it sent {bytes(answer)[:200]!r}") \
+                    from None
+            if not chunk:
+                return bytes(answer)
+            answer += chunk
