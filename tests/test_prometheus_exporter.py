@@ -12,7 +12,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import re
 import socket
 import ssl
 import subprocess
@@ -20,7 +19,6 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -30,11 +28,10 @@ from rctclient.types import DataType
 import support
 from rctmon import catalog
 from rctmon.channel import Channel, ChannelClosed
-from rctmon.config import Config, PrometheusConfig
+from rctmon.config import Config
 from rctmon.exporters import http as endpoint_http
-from rctmon.exporters.httpserver import DEFAULT_LIMITS, HttpError, Limits, RequestReader
 from rctmon.exporters.listen import bind_endpoint
-from rctmon.exporters.prometheus import State, build_registry, run
+from rctmon.exporters.prometheus import run
 from rctmon.health_metrics import HEALTH_METRICS
 from rctmon.inventory import Inventory
 from rctmon.messages import (CollectorStats, DeviceStatus, Health, Heartbeat, InfluxStats, MqttStats, ProcessHealth,
@@ -576,120 +573,6 @@ def test_bind_endpoint_names_the_taken_port_and_takes_ipv6():
         v6.close()
 
 
-# --- the HTTP server: one thread, non-blocking sockets (issue 6) ----------------------------------------------------
-
-
-@dataclass
-class Served:
-    """An endpoint served in this process by a thread of its own, with that thread's kernel id."""
-
-    server: endpoint_http.EndpointServer
-    thread: threading.Thread
-    native_id: int
-
-    @property
-    def port(self) -> int:
-        return int(self.server.socket.getsockname()[1])
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Callable[..., Served]]:
-    """Return a function that serves an endpoint over health metrics in a thread; shut down afterwards."""
-    served: list[Served] = []
-
-    def start(limits: Limits = DEFAULT_LIMITS, auth: endpoint_http.BasicAuth | None = None,
-              tls: ssl.SSLContext | None = None) -> Served:
-        state = State()
-        cache = endpoint_http.ExpositionCache(build_registry(state, make_config()), state.current_generation)
-        server = endpoint_http.EndpointServer(bind_endpoint("127.0.0.1", 0), cache, auth, tls, limits)
-        ids: list[int] = []
-
-        def serve() -> None:
-            ids.append(threading.get_native_id())
-            server.serve_forever()
-
-        thread = threading.Thread(target=serve, name="test-http", daemon=True)
-        thread.start()
-        support.wait_for(lambda: ids, 5, message="the server thread")
-        served.append(Served(server, thread, ids[0]))
-        return served[-1]
-
-    yield start
-    for one in served:
-        one.server.shutdown(5)
-        one.server.server_close()
-        one.thread.join(5)
-
-
-def read_to_end(sock: socket.socket) -> bytes:
-    """Return everything the server sends until it closes the connection."""
-    data = bytearray()
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-
-
-def closed_by_server(sock: socket.socket) -> bool:
-    """Return whether the server closed the connection without answering (an end of file, or a reset)."""
-    try:
-        return read_to_end(sock) == b""
-    except ConnectionResetError:  # it closed while bytes we sent were still unread
-        return True
-
-
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes on a fresh connection and return all the server answers before it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        return read_to_end(sock)
-
-
-def context_switches(native_id: int) -> int:
-    """Return how often a thread of this process has been scheduled off the CPU so far (Linux)."""
-    try:
-        with open(f"/proc/self/task/{native_id}/status") as status:
-            fields = dict(line.split(":", 1) for line in status if "ctxt_switches" in line)
-    except OSError:
-        pytest.skip("no /proc/self/task here")
-    return sum(int(value) for value in fields.values())
-
-
-def test_issue6_an_idle_endpoint_never_wakes_up(endpoint):
-    """The accept loop used to poll for shutdown every 0.1 s; now it sleeps until a client or shutdown() comes."""
-    served = endpoint()
-    assert request(served.port, "/", {})[0] == 200
-    time.sleep(0.2)  # let the closed connection's last events pass
-    before = context_switches(served.native_id)
-    time.sleep(1.0)
-    assert context_switches(served.native_id) == before
-    # A keep-alive connection left open wakes the loop at its deadline, not before.
-    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
-    try:
-        conn.request("GET", "/")
-        conn.getresponse().read()
-        time.sleep(0.2)
-        before = context_switches(served.native_id)
-        time.sleep(1.0)
-        assert context_switches(served.native_id) == before
-    finally:
-        conn.close()
-
-
-def test_issue6_a_hundred_clients_at_once_are_all_answered(endpoint):
-    served = endpoint()
-    clients = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(100)]
-    try:
-        for client in clients:
-            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        answers = [read_to_end(client) for client in clients]
-    finally:
-        for client in clients:
-            client.close()
-    assert all(a.startswith(b"HTTP/1.1 200 OK\r\n") and b"rctmon_process_up" in a for a in answers)
-
-
 def test_keep_alive_serves_several_requests_on_one_connection(start_exporter):
     exporter = start_exporter(make_config())
     conn = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=5)
@@ -705,155 +588,3 @@ def test_keep_alive_serves_several_requests_on_one_connection(start_exporter):
             assert response.status == status and conn.sock is sock, path
     finally:
         conn.close()
-
-
-def test_pipelined_requests_are_answered_in_order_and_http10_closes(endpoint):
-    served = endpoint()
-    answer = exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
-                                   b"HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
-    statuses = re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", answer)
-    assert statuses == [b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 OK"]
-    assert answer.endswith(b"Connection: close\r\n\r\n"), "HEAD: the headers, no body"
-    answer = exchange(served.port,  # more than the loop answers of one connection in a round
-                      b"GET / HTTP/1.1\r\n\r\n" * 40 + b"GET /nothing HTTP/1.1\r\nConnection: close\r\n\r\n")
-    assert re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", answer) == [b"HTTP/1.1 200 OK"] * 40 + [b"HTTP/1.1 404 Not Found"]
-    answer = exchange(served.port, b"GET / HTTP/1.0\r\n\r\n")  # HTTP/1.0 without keep-alive: closed after
-    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"</html>\n")
-
-
-def test_a_client_that_sends_nothing_blocks_no_one_and_is_closed_at_its_deadline(endpoint):
-    served = endpoint(Limits(client_timeout=0.5))
-    silent = socket.create_connection(("127.0.0.1", served.port), timeout=5)
-    dripping = socket.create_connection(("127.0.0.1", served.port), timeout=5)
-    try:
-        began = time.monotonic()
-        assert request(served.port, "/metrics", {})[0] == 200
-        assert time.monotonic() - began < 0.4, "answered beside the silent client, not after it"
-        for byte in b"GET / HTTP/1.1\r\n":  # bytes that keep coming do not extend the deadline of the head
-            try:
-                dripping.send(bytes([byte]))
-            except OSError:  # closed already
-                break
-            time.sleep(0.05)
-        assert closed_by_server(silent)
-        assert closed_by_server(dripping)
-        assert time.monotonic() - began < 2.0
-    finally:
-        silent.close()
-        dripping.close()
-
-
-def test_a_huge_header_gets_431_and_the_connection_is_closed(endpoint):
-    served = endpoint()
-    answer = exchange(served.port, b"GET /metrics HTTP/1.1\r\nX-Huge: " + b"a" * 100_000 + b"\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
-    assert b"Connection: close\r\n" in answer and b"rctmon_" not in answer
-    assert request(served.port, "/", {})[0] == 200, "the server goes on"
-
-
-@pytest.mark.parametrize("head, status", [
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
-    (b"GET / HTTP/2.0\r\n\r\n", 505),
-    (b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", 501),
-])
-def test_malformed_or_unsupported_requests_are_refused_and_closed(endpoint, head, status):
-    served = endpoint()
-    assert exchange(served.port, head).startswith(f"HTTP/1.1 {status} ".encode())
-
-
-def test_at_the_connection_limit_an_idle_keep_alive_connection_makes_room(endpoint):
-    served = endpoint(Limits(max_connections=3, client_timeout=0.5))
-    idle = [http.client.HTTPConnection("127.0.0.1", served.port, timeout=5) for _ in range(3)]
-    try:
-        for conn in idle:
-            conn.request("GET", "/")
-            conn.getresponse().read()
-        assert request(served.port, "/", {})[0] == 200
-        assert read_to_end(idle[0].sock) == b"", "the longest idle connection was closed"
-    finally:
-        for conn in idle:
-            conn.close()
-    # Three clients that never finish a request: the next one waits in the backlog until their deadline.
-    stuck = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(3)]
-    try:
-        time.sleep(0.1)
-        began = time.monotonic()
-        assert request(served.port, "/", {})[0] == 200
-        assert 0.2 < time.monotonic() - began < 2.0
-    finally:
-        for sock in stuck:
-            sock.close()
-
-
-def test_shutdown_returns_at_once_and_closes_open_connections(endpoint):
-    served = endpoint()
-    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
-    try:
-        conn.request("GET", "/")
-        conn.getresponse().read()
-        began = time.monotonic()
-        served.server.shutdown(5)
-        assert time.monotonic() - began < 0.5
-        served.thread.join(1)
-        assert not served.thread.is_alive()
-        assert read_to_end(conn.sock) == b""
-    finally:
-        conn.close()
-
-
-def test_https_keeps_connections_alive_and_limits_the_head(endpoint, certificate):
-    cert, key = certificate
-    served = endpoint(tls=endpoint_http.tls_context(PrometheusConfig(tls_cert_file=cert, tls_key_file=key)))
-    context = ssl.create_default_context(cafile=cert)
-    conn = http.client.HTTPSConnection("127.0.0.1", served.port, timeout=5, context=context)
-    try:
-        for path, status in (("/", 200), ("/metrics", 200), ("/nothing", 404)):
-            conn.request("GET", path)
-            response = conn.getresponse()
-            response.read()
-            assert response.status == status, path
-        assert conn.sock is not None
-    finally:
-        conn.close()
-    with context.wrap_socket(socket.create_connection(("127.0.0.1", served.port), timeout=5),
-                             server_hostname="127.0.0.1") as secured:
-        secured.sendall(b"GET / HTTP/1.1\r\nX-Huge: " + b"a" * 40_000 + b"\r\n\r\n")
-        assert secured.recv(100).startswith(b"HTTP/1.1 431 ")
-
-
-def _read_all(*chunks: bytes) -> list[tuple[str, str, bool]]:
-    reader = RequestReader(max_head=1024, max_headers=10)
-    taken = []
-    for chunk in chunks:
-        reader.feed(chunk)
-        while (request_ := reader.take()) is not None:
-            taken.append((request_.method, request_.target, request_.keep_alive))
-    return taken
-
-
-def test_request_reader_cuts_heads_however_they_arrive():
-    whole = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\nConnection: close\n\n"
-    expected = [("GET", "/a", True), ("HEAD", "/b", False)]
-    assert _read_all(whole) == expected
-    assert _read_all(*[bytes([b]) for b in whole]) == expected  # one byte at a time
-    assert _read_all(b"\r\n" + whole) == expected  # an empty line before a request is ignored
-    assert _read_all(b"GET / HTTP/1.0\r\n\r\n") == [("GET", "/", False)]
-    assert _read_all(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n") == [("GET", "/", True)]
-    assert _read_all(b"GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\n") == [("GET", "/", False)]
-
-
-@pytest.mark.parametrize("head, status", [
-    (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-    (b"GET /  HTTP/1.1\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 11 + b"\r\n", 431),
-    (b"GET / HTTP/1.1\r\nA: " + b"b" * 1100, 431),
-])
-def test_request_reader_refuses_malformed_and_oversized_heads(head, status):
-    reader = RequestReader(max_head=1024, max_headers=10)
-    reader.feed(head)
-    with pytest.raises(HttpError) as refused:
-        reader.take()
-    assert refused.value.status == status

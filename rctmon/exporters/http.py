@@ -2,33 +2,45 @@
 
 prometheus_client's own `start_http_server` binds its socket with a backlog of 5, so a burst of scrapers overflows
 it and waits for a 1 s TCP retransmit. This endpoint runs on the socket the supervisor bound (its backlog, and the
-port kept across restarts of the child). The HTTP server itself is rctmon.exporters.httpserver: plain HTTP from one
-thread over non-blocking sockets, TLS from a thread per connection. The exposition is rendered once and shared by
-concurrent scrapes (`ExpositionCache`), so answering a scrape is mostly a dictionary lookup and a send.
+port kept across restarts of the child). The HTTP side is rctmon.exporters.httpserver (`Endpoint`: h11 and one
+asyncio event loop for every connection, plain or TLS, within fixed bounds); this module is what it serves
+(`MetricsApp`). The exposition is rendered once and shared by concurrent scrapes (`ExpositionCache`), so answering a
+scrape is mostly a dictionary lookup and a send.
+
+For the prometheus child:
+
+    app = MetricsApp(cache, basic_auth(config.prometheus))
+    endpoint = Endpoint(listen_socket, app, tls_context(config.prometheus), Limits())
+    await endpoint.serve()            # in the child's event loop; raises if it can no longer accept
+    await endpoint.probe(timeout)     # GET /metrics of its own, TLS and credentials included
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import gzip
 import hmac
-import http.client
 import logging
-import socket
+import os
+import signal
 import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from rctmon import __version__
 from rctmon.config import PrometheusConfig
-from rctmon.exporters.httpserver import DEFAULT_LIMITS, HttpServer, Limits, Request, Response
+from rctmon.exporters.httpserver import DEFAULT_LIMITS, Endpoint, Limits, Request, Response
+
+__all__ = ["DEFAULT_LIMITS", "Endpoint", "EndpointThread", "ExpositionCache", "Limits", "MetricsApp", "basic_auth",
+           "tls_context"]
 
 log = logging.getLogger("rctmon.prometheus.http")
 
@@ -166,24 +178,26 @@ def tls_context(config: PrometheusConfig) -> ssl.SSLContext | None:
     return context
 
 
-class EndpointServer(HttpServer):
-    """The endpoint: /metrics from the exposition cache, a landing page at /, 404 elsewhere, optional basic auth.
+class MetricsApp:
+    """What the endpoint answers: /metrics from the exposition cache, a landing page at /, 404 elsewhere.
 
-    It serves a socket bound elsewhere (by the supervisor), plain HTTP from one event loop and TLS from a thread
-    per connection (rctmon.exporters.httpserver); `serve_forever` runs until `shutdown`.
+    With credentials configured every request needs them (401 otherwise); the self-probe sends them.
     """
 
-    def __init__(self, listen_socket: socket.socket, cache: ExpositionCache, auth: BasicAuth | None = None,
-                 tls: ssl.SSLContext | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
-        super().__init__(listen_socket, self.answer, tls=tls, server_name=f"rctmon/{__version__}", limits=limits)
+    probe_path = "/metrics"
+
+    def __init__(self, cache: ExpositionCache, auth: BasicAuth | None = None) -> None:
         self.cache = cache
         self.auth = auth
+        self.probe_headers: tuple[tuple[str, str], ...] = ()
+        if auth is not None:
+            token = base64.b64encode(auth.username + b":" + auth.password).decode("ascii")
+            self.probe_headers = (("Authorization", f"Basic {token}"),)
 
-    def answer(self, request: Request) -> Response:
-        """Return the response to a GET or HEAD: 401 without the credentials, then by path."""
+    def __call__(self, request: Request) -> Response:
         if self.auth is not None and not self.auth.allows(request.headers.get("authorization")):
             return Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", _CHALLENGE),))
-        route = _ROUTES.get(urlsplit(request.target).path)
+        route = _ROUTES.get(request.path)
         if route is None:
             return Response(404, b"Not found. Metrics are at /metrics\n")
         return route(self, request)
@@ -192,7 +206,7 @@ class EndpointServer(HttpServer):
         want_gzip = accepts_gzip(request.headers.get("accept-encoding", ""))
         try:
             body, content_type = self.cache.get(request.headers.get("accept", ""), want_gzip)
-        except Exception:  # noqa: BLE001 - a bug in a collector must cost one scrape, never the server
+        except Exception:  # noqa: BLE001 - a bug in a collector must cost one scrape, never the endpoint
             log.exception("rendering the exposition failed")
             return Response(500, b"rendering the metrics failed; see rctmon's log\n")
         extra = (("Content-Encoding", "gzip"),) if want_gzip else ()
@@ -201,43 +215,68 @@ class EndpointServer(HttpServer):
     def _landing(self, request: Request) -> Response:
         return Response(200, LANDING_PAGE, "text/html; charset=utf-8")
 
-    def probe(self, timeout: float = 5.0) -> bool:
-        """Return whether a request to the landing page over the real socket is answered with 200 in time.
-
-        This is what "the endpoint answers" means for Started: the socket, the accept loop, TLS and auth together.
-        """
-        host, port = self.socket.getsockname()[:2]
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        headers = {}
-        if self.auth is not None:
-            token = base64.b64encode(self.auth.username + b":" + self.auth.password).decode("ascii")
-            headers["Authorization"] = f"Basic {token}"
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self.tls is not None:
-                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE  # our own certificate, reached over our own socket
-                    conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=1.0,
-                                                                                   context=context)
-                else:
-                    conn = http.client.HTTPConnection(host, port, timeout=1.0)
-                try:
-                    conn.request("GET", "/", headers=headers)
-                    if conn.getresponse().status == 200:
-                        return True
-                finally:
-                    conn.close()
-            except (OSError, http.client.HTTPException) as exc:
-                log.debug("endpoint probe failed: %s", exc)
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-
 
 _CHALLENGE = 'Basic realm="rctmon", charset="UTF-8"'
-_ROUTES: dict[str, Callable[[EndpointServer, Request], Response]] = {
-    "/metrics": EndpointServer._metrics,
-    "/": EndpointServer._landing,
+_ROUTES: dict[str, Callable[[MetricsApp, Request], Response]] = {
+    "/metrics": MetricsApp._metrics,
+    "/": MetricsApp._landing,
 }
+
+
+def end_this_process(exc: BaseException) -> None:
+    """Log why the endpoint stopped and end the process, so that the supervisor restarts it."""
+    log.error("the endpoint stopped serving (%s); ending the process so that the supervisor restarts it", exc)
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class EndpointThread:
+    """Serve an Endpoint from an event loop in a thread of its own, for a process whose main loop is not asyncio.
+
+    The prometheus child's message loop is synchronous for now; this is the endpoint's one thread, whatever the
+    number of clients. If `serve()` raises (the listening socket can no longer accept), `on_failure` runs in that
+    thread: by default it ends the process, which the supervisor notices and restarts, instead of a child that
+    sends heartbeats but serves nothing.
+    """
+
+    def __init__(self, endpoint: Endpoint, on_failure: Callable[[BaseException], None] = end_this_process) -> None:
+        self.endpoint = endpoint
+        self._on_failure = on_failure
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(endpoint.serve())
+        self.thread = threading.Thread(target=self._run, name="rctmon-http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass  # stop()
+        except Exception as exc:  # noqa: BLE001 - handed to on_failure: the endpoint is gone
+            self._on_failure(exc)
+        finally:
+            self._loop.close()
+
+    def probe(self, timeout: float = 5.0) -> bool:
+        """Return whether the endpoint answers a GET of /metrics of its own (Endpoint.probe) within `timeout`."""
+        if self._loop.is_closed():
+            return False
+        future = asyncio.run_coroutine_threadsafe(self.endpoint.probe(timeout), self._loop)
+        try:
+            return future.result(timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving (open connections are closed) and wait for the thread."""
+        if not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+            except RuntimeError:  # closed meanwhile
+                pass
+        if self.thread.is_alive():
+            self.thread.join(timeout)

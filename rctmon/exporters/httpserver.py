@@ -1,72 +1,109 @@
-"""A small HTTP/1.1 server for cached answers: one thread, non-blocking sockets, no periodic wake-up.
+"""The HTTP endpoint: h11 parses, one asyncio event loop serves every connection, plain or TLS, within fixed bounds.
 
-The endpoint used to run http.server with a thread per connection. A burst of 20 scrapers on fresh connections
-then meant 20 thread starts and 20 threads handing the GIL around every socket call, and /metrics p99 went past
-10 ms although the answer itself was cached (docs/performance.md, issue 6). Here one thread waits in `select` on
-the listening socket, every plain-HTTP connection and a wake-up socketpair:
+The endpoint faces the network, and issue 11 broke the hand-written one it replaces: a thread per TLS connection
+(300 bare connections under TasksMax=256 killed the serving thread for good), a parser that answered a request
+smuggled behind a second Content-Length and wrote a traceback per malformed request, and slow clients that held a
+legitimate scrape past Prometheus' 10 s timeout. Here:
 
-- A connection costs a file descriptor and a buffer, not a thread: a silent or slow client holds nothing but its
-  own descriptor, and only until its deadline. The request head has a size limit and must be complete within
-  `client_timeout` of its first byte (or of the connect), so dripping bytes does not extend it either.
-- The select timeout is the nearest deadline, or none at all: with no connection open the thread sleeps until a
-  client connects or `shutdown()` writes to the wake-up socket. (The old accept loop woke ten times a second to
-  look for shutdown, ~1.1 ms CPU per second while idle.)
-- The answer comes from a callable that must not block for long (here: the exposition cache); it runs in the loop.
-
-TLS connections keep a thread each, handshake included. A non-blocking handshake and TLS record buffering (data
-the SSL object holds that `select` cannot see) would have to be got right for a case that is not the one measured;
-a thread per TLS connection is what the endpoint always did, and the loop never waits for a TLS client.
+- h11 (strict RFC 9112, the parser under httpx and uvicorn) reads requests and frames responses. What it lets
+  through that this endpoint has no use for is refused on top: methods other than GET and HEAD, HTTP versions
+  other than 1.x, Content-Length beside Transfer-Encoding, bodies over `max_body`, too many headers, an invalid
+  Host or request target. A refusal is a 4xx, closes the connection, and is logged at most once per client a
+  minute (`RefusalLog`), never with a traceback.
+- One event loop, no thread per connection. Connections are raw non-blocking sockets watched by the loop
+  (`add_reader`/`add_writer`); TLS is an `ssl.SSLObject` over memory buffers, so a TLS connection costs an SSL
+  object and no 256 KiB read buffer (asyncio's own TLS transport allocates one per connection), and the handshake is
+  just more bytes with a deadline.
+- Every connection is in one phase, and each phase has a deadline: a fresh connection must start its request (or
+  TLS handshake) within `head_timeout` (`handshake_timeout` with TLS), a handshake complete within
+  `handshake_timeout`, a request head within `head_timeout` of its first byte (dripping bytes do not extend it), a
+  keep-alive connection may idle `keepalive_timeout`, a response must leave within `write_timeout`. Reads take at
+  most `READ_SIZE` bytes at a time and stop while a response is being written, so what a connection holds is
+  bounded by about two reads, the head limit and one response.
+- One cap on connections of both kinds (`max_connections`, lowered to what RLIMIT_NOFILE allows). At the cap the
+  endpoint still accepts, and closes the connection that has made the least progress (`SHED_ORDER`): one that
+  finished and is lingering, then one that never sent a byte, then the longest-idle keep-alive one, then the one
+  whose handshake or request head has been under way longest, a response being written last. A new client is
+  always let in, and a scrape, which sends its request at once, is answered before anything sheds it.
+- `serve()` raises when the listening socket can no longer accept, instead of serving nothing while the process
+  lives on (the supervisor restarts a child that exits, not one that silently stopped serving).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import enum
 import errno
+import ipaddress
 import logging
+import os
 import re
-import selectors
+import resource
 import socket
 import ssl
-import threading
 import time
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Callable
+from typing import Protocol
+
+import h11
+
+from rctmon import __version__
 
 log = logging.getLogger("rctmon.prometheus.http")
 
-_TLS_HANDSHAKE = 0x16  # first byte of every TLS connection: a ClientHello record
-_RECV_SIZE = 65536
-_PIPELINE_BATCH = 16  # requests of one connection answered before the loop turns to the others
-_ACCEPT_BACKOFF = 1.0  # seconds without accepting after the process ran out of file descriptors
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: what a header name may be
-_VERSION = re.compile(r"HTTP/(\d)\.(\d)")
-_METHODS = ("GET", "HEAD")
+SERVER_NAME = f"rctmon/{__version__}"
+READ_SIZE = 16384  # bytes one read takes from a socket: the bound on what a connection buffers per read
+TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS connection (a ClientHello record)
+PIPELINE_BATCH = 16  # requests of one connection answered before the loop turns to the others
+ACCEPT_BATCH = 64  # connections accepted in one turn of the loop
+ACCEPT_BACKOFF = 1.0  # seconds without accepting when the process is out of descriptors and has none to give back
+RESERVED_DESCRIPTORS = 32  # kept free of connections for the rest of the process (logs, channel, the probe)
+METHODS = ("GET", "HEAD")
+#: accept() errors that concern one client that gave up or was refused by a filter; the next one may be fine
+#: (Linux passes pending network errors of the new socket through accept: accept(2), "Error handling").
+CLIENT_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT,
+                         errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
+                         errno.ETIMEDOUT, errno.ECONNRESET})
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Host header and request-target authority: an IP literal or a name (RFC 3986 reg-name), and an optional port.
+_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]{0,5})?")
+_ABSOLUTE_FORM = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://(?P<authority>[^/?#]*)(?P<rest>[/?].*)?", re.DOTALL)
 
-PLAIN_HTTP_REFUSED = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                      b"\r\nClient sent an HTTP request to an HTTPS server.\n")
+PLAIN_HTTP_REFUSED = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 48\r\n"
+                      b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one client may take of the server; every wait has a deadline, every buffer a bound."""
+    """What one client may take of the endpoint: every wait has a deadline, every buffer a bound."""
 
-    #: Seconds a request head may take from its first byte (or from the connect) until complete, and that a write
-    #: may wait for the client to take bytes.
-    client_timeout: float = 10.0
+    #: Open connections, plain and TLS together. At the cap the one that made the least progress is closed for a
+    #: new one (SHED_ORDER). Lowered at start to what RLIMIT_NOFILE leaves. An idle connection costs ~2 KB, a TLS
+    #: one ~18 KB (measured), so a full endpoint holds at most ~20 MB for its clients.
+    max_connections: int = 1024
+    #: Seconds from the connect until a TLS handshake is complete (and, with TLS, until its first byte).
+    handshake_timeout: float = 5.0
+    #: Seconds a request head may take from its first byte until complete; also what a plain connection may wait
+    #: before its first byte. Bytes that keep coming do not extend it.
+    head_timeout: float = 10.0
     #: Seconds a connection may stay idle between requests. Longer than the usual scrape intervals (15-60 s), so a
-    #: Prometheus server keeps its connection instead of connecting again for every scrape.
+    #: Prometheus server keeps its connection instead of connecting (and shaking hands) again for every scrape.
     keepalive_timeout: float = 75.0
-    #: Bytes of a request head (request line and headers). Prometheus sends ~300; a browser on the landing page
-    #: may send the host's cookies of other services on the same address.
+    #: Seconds a response may take to leave, however slowly the client reads.
+    write_timeout: float = 10.0
+    #: Bytes of a request head held while it is incomplete (h11's max_incomplete_event_size): larger is refused with
+    #: 431 (a head arriving complete within one more read may be up to READ_SIZE longer). Prometheus sends ~300 bytes;
+    #: a browser on the landing page may send the host's cookies of other services on the same address.
     max_head: int = 32768
     max_headers: int = 100
-    #: Open plain-HTTP connections. At the limit the longest-idle keep-alive connection is closed for a new one;
-    #: if none is idle, new connections wait in the listen backlog until one closes (at most `client_timeout`).
-    max_connections: int = 256
-    #: After a response that closes the connection: seconds and bytes to read and discard what the client still
-    #: sends. Closing with unread data sends a reset, which can overtake the response (lingering close).
+    #: Bytes of a request body a GET or HEAD may carry (read and ignored); a larger one is refused with 413.
+    max_body: int = 65536
+    #: After the last response of a connection: seconds and bytes to read and discard what the client still sends.
+    #: Closing with unread data sends a reset, which can overtake the response (lingering close).
     linger_timeout: float = 2.0
     linger_bytes: int = 262144
 
@@ -76,23 +113,23 @@ DEFAULT_LIMITS = Limits()
 
 @dataclass(frozen=True)
 class Request:
-    """A parsed request head. Header names are lower case; a repeated header keeps its first value."""
+    """A request as the application sees it. Header names are lower case; a repeated header keeps its first value."""
 
     method: str
     target: str
-    version: tuple[int, int]
+    path: str  # the target's path, also for the absolute form ("http://host/metrics?x" -> "/metrics")
+    version: str  # "1.0" or "1.1"
     headers: dict[str, str]
-    keep_alive: bool  # whether the connection may carry another request after this one's response
 
     @property
     def line(self) -> str:
         """Return the request line, for the log."""
-        return f"{self.method} {self.target} HTTP/{self.version[0]}.{self.version[1]}"
+        return f"{self.method} {self.target[:200]!r} HTTP/{self.version}"
 
 
 @dataclass(frozen=True)
 class Response:
-    """What the application answers; the server adds the status line, framing and connection headers."""
+    """What the application answers; the endpoint adds Server, Date, Content-Length and connection handling."""
 
     status: int
     body: bytes
@@ -100,11 +137,20 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-App = Callable[[Request], Response]
+class App(Protocol):
+    """What an endpoint serves: the answer to each request, and the request its self-probe sends."""
+
+    @property
+    def probe_path(self) -> str: ...
+
+    @property
+    def probe_headers(self) -> Sequence[tuple[str, str]]: ...
+
+    def __call__(self, request: Request) -> Response: ...
 
 
-class HttpError(Exception):
-    """A request the server answers by itself and then closes the connection: malformed, too large, unsupported."""
+class Refused(Exception):
+    """A request the endpoint answers by itself with `status`, then closes the connection."""
 
     def __init__(self, status: HTTPStatus, detail: str) -> None:
         super().__init__(f"{status.value} {status.phrase}: {detail}")
@@ -112,427 +158,693 @@ class HttpError(Exception):
         self.detail = detail
 
 
-class RequestReader:
-    """Collect a connection's bytes and cut complete request heads off them, within the size limits.
+class Phase(enum.Enum):
+    FRESH = "fresh"  # connected, not a byte yet
+    HANDSHAKE = "handshake"  # TLS handshake under way
+    HEAD = "head"  # a request (head, or the body of a GET) under way
+    WRITING = "writing"  # a response is leaving; reading stops meanwhile
+    IDLE = "idle"  # keep-alive, between requests
+    CLOSING = "closing"  # the last response is leaving; then LINGERING
+    LINGERING = "lingering"  # done and the write side shut: discarding input until the client closes
 
-    A request with a body (Content-Length above 0, or Transfer-Encoding) is taken, but marked not keep-alive: a
-    GET or HEAD has no use for a body, and closing afterwards is simpler than framing one correctly.
+
+#: Which connection is closed for a new one at the cap: the first non-empty group, in it the one longest in its
+#: phase. Finished ones first, then those that never sent anything, then idle keep-alive ones (a Prometheus server
+#: between scrapes reconnects at its next scrape), then those mid-way through a handshake or request head, and a
+#: response being written last.
+SHED_ORDER: tuple[tuple[Phase, ...], ...] = (
+    (Phase.LINGERING, Phase.CLOSING),
+    (Phase.FRESH,),
+    (Phase.IDLE,),
+    (Phase.HANDSHAKE, Phase.HEAD),
+    (Phase.WRITING,),
+)
+_READING = frozenset({Phase.FRESH, Phase.HANDSHAKE, Phase.HEAD, Phase.IDLE, Phase.LINGERING})
+
+
+def _phase_timeouts(limits: Limits, tls: bool) -> dict[Phase, float]:
+    return {
+        Phase.FRESH: limits.handshake_timeout if tls else limits.head_timeout,
+        Phase.HANDSHAKE: limits.handshake_timeout,
+        Phase.HEAD: limits.head_timeout,
+        Phase.WRITING: limits.write_timeout,
+        Phase.IDLE: limits.keepalive_timeout,
+        Phase.CLOSING: limits.write_timeout,
+        Phase.LINGERING: limits.linger_timeout,
+    }
+
+
+@dataclass
+class EndpointStats:
+    """What the endpoint did with its clients, for the health metrics and the tests."""
+
+    accepted: int = 0
+    answered: int = 0
+    refused: Counter[int] = field(default_factory=Counter)  # by status
+    shed: int = 0  # closed at the cap (or when out of descriptors) to let a new client in
+    timed_out: Counter[str] = field(default_factory=Counter)  # by phase
+    tls_failed: int = 0  # handshakes that failed (not TLS, no common cipher, a reset mid-way)
+
+
+class RefusalLog:
+    """Log refusals at most once per client per `interval`, and at most `per_interval` lines in all.
+
+    The table of clients is bounded (oldest forgotten first), so a client can cost a line a minute and a flood
+    from many addresses costs `per_interval` lines a minute; what is not logged is counted and said in the next line.
     """
 
-    def __init__(self, max_head: int, max_headers: int) -> None:
-        self._buf = bytearray()
-        self._scanned = 0  # bytes already searched for the end of the head: a dripping client costs O(n), not O(n^2)
-        self._max_head = max_head
-        self._max_headers = max_headers
+    def __init__(self, interval: float = 60.0, max_clients: int = 1024, per_interval: int = 20) -> None:
+        self._interval = interval
+        self._max_clients = max_clients
+        self._per_interval = per_interval
+        self._last: OrderedDict[str, float] = OrderedDict()
+        self._window_start = -interval
+        self._in_window = 0
+        self._unlogged = 0
 
-    @property
-    def pending(self) -> bool:
-        """Return whether bytes of a next request are buffered."""
-        return bool(self._buf)
-
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-
-    def take(self) -> Request | None:
-        """Return the next complete request, None if its head is incomplete; raise HttpError if it is unacceptable."""
-        buf = self._buf
-        if self._scanned == 0 and bytes(buf[:1]) in (b"\r", b"\n"):
-            # RFC 9112 2.2: empty lines before a request line are to be ignored (some clients end a body with one).
-            del buf[:len(buf) - len(buf.lstrip(b"\r\n"))]
-        start = max(0, self._scanned - 2)
-        found = [(i, i + 3) for i in (buf.find(b"\n\r\n", start),) if i >= 0]
-        found += [(i, i + 2) for i in (buf.find(b"\n\n", start),) if i >= 0]
-        if not found:
-            self._scanned = len(buf)
-            if len(buf) > self._max_head:
-                raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"head over {self._max_head} bytes")
-            return None
-        end, rest = min(found)
-        if end > self._max_head:
-            raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"head over {self._max_head} bytes")
-        head = bytes(buf[:end])
-        del buf[:rest]
-        self._scanned = 0
-        return parse_head(head, self._max_headers)
+    def refused(self, client: str, status: int, detail: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(client)
+        if now - self._window_start >= self._interval:
+            self._window_start, self._in_window = now, 0
+        if (last is not None and now - last < self._interval) or self._in_window >= self._per_interval:
+            self._unlogged += 1
+            return
+        self._last[client] = now
+        self._last.move_to_end(client)
+        while len(self._last) > self._max_clients:
+            self._last.popitem(last=False)
+        self._in_window += 1
+        unlogged, self._unlogged = self._unlogged, 0
+        log.warning("refused a request from %s with %d: %s (more from this client are not logged for %g s%s)",
+                    client, status, detail, self._interval,
+                    f"; {unlogged} refusals not logged since the last line" if unlogged else "")
 
 
-def parse_head(head: bytes, max_headers: int) -> Request:
-    """Return the request a head (without its empty last line) states; raise HttpError when it is malformed."""
-    lines = head.decode("latin-1").split("\n")
-    parts = lines[0].rstrip("\r").split(" ")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise HttpError(HTTPStatus.BAD_REQUEST, f"bad request line {lines[0][:100]!r}")
-    method, target, version_text = parts
-    version_match = _VERSION.fullmatch(version_text)
-    if version_match is None:
-        raise HttpError(HTTPStatus.BAD_REQUEST, f"bad HTTP version {version_text[:20]!r}")
-    version = (int(version_match[1]), int(version_match[2]))
-    if version[0] != 1:
-        raise HttpError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"HTTP/{version[0]}.{version[1]}")
-    if len(lines) - 1 > max_headers:
-        raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {max_headers} headers")
-    headers: dict[str, str] = {}
-    for raw in lines[1:]:
-        line = raw.rstrip("\r")
-        name, colon, value = line.partition(":")
-        # No folded lines and no space before the colon: both are ways to smuggle a header past a proxy.
-        if not colon or not _TOKEN.fullmatch(name):
-            raise HttpError(HTTPStatus.BAD_REQUEST, f"bad header line {line[:100]!r}")
-        headers.setdefault(name.lower(), value.strip(" \t"))
-    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    keep_alive = "close" not in tokens if version >= (1, 1) else "keep-alive" in tokens
-    length = headers.get("content-length", "0").strip()
-    if not length.isdigit():
-        raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length[:20]!r}")
-    if int(length) > 0 or "transfer-encoding" in headers:
-        keep_alive = False
-    return Request(method, target, version, headers, keep_alive)
+def client_key(address: object) -> str:
+    """Return who a peer address is for the refusal log: the IPv4 address, or the /64 of an IPv6 address."""
+    host = address[0] if isinstance(address, tuple) and address else str(address)
+    try:
+        ip = ipaddress.ip_address(str(host).split("%", 1)[0])
+    except ValueError:
+        return str(host)[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
-class _Phase(enum.Enum):
-    READING = "reading"  # waiting for (the rest of) a request head
-    WRITING = "writing"  # a response is queued and not yet taken by the socket
-    LINGERING = "lingering"  # the response is out and the write side shut: discarding input until the client closes
+def request_path(target: str) -> str | None:
+    """Return the path of an origin-form or absolute-form request target, None when it is neither or malformed."""
+    if target.startswith("/"):
+        return target.split("?", 1)[0]
+    absolute = _ABSOLUTE_FORM.fullmatch(target)
+    if absolute is None or _AUTHORITY.fullmatch(absolute["authority"]) is None:
+        return None
+    return (absolute["rest"] or "/").split("?", 1)[0] or "/"
+
+
+class _Tls:
+    """A server-side TLS session over memory buffers: bytes from the network in, application data out, and back."""
+
+    __slots__ = ("obj", "incoming", "outgoing", "established", "closed")
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.established = False
+        self.closed = False  # the client sent close_notify
+
+    def receive(self, data: memoryview) -> bytes:
+        """Take bytes from the network; return the application data they complete. Raise ssl.SSLError."""
+        self.incoming.write(data)
+        if not self.established:
+            try:
+                self.obj.do_handshake()
+            except ssl.SSLWantReadError:
+                return b""
+            self.established = True
+        chunks = []
+        while True:
+            try:
+                chunk = self.obj.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.closed = True
+                break
+            if not chunk:
+                self.closed = True
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def to_send(self) -> bytes:
+        """Return the TLS records waiting to go to the network (handshake messages, alerts, tickets)."""
+        return self.outgoing.read()
+
+    def encrypt(self, data: bytes) -> bytes:
+        self.obj.write(data)
+        return self.outgoing.read()
+
+    def close_notify(self) -> bytes:
+        try:
+            self.obj.unwrap()
+        except ssl.SSLError:  # SSLWantReadError: ours is written, the client's is not awaited
+            pass
+        return self.outgoing.read()
 
 
 class _Connection:
-    """One plain-HTTP connection's state in the event loop."""
+    """One connection's state in the event loop."""
 
-    __slots__ = ("sock", "peer", "reader", "phase", "idle", "deadline", "events", "out", "sent", "close_after",
-                 "discarded")
+    __slots__ = ("sock", "fd", "client", "tls", "http", "phase", "since", "timer", "pending", "reading", "request",
+                 "body_bytes", "discarded", "closed")
 
-    def __init__(self, sock: socket.socket, peer: object, limits: Limits, now: float) -> None:
+    def __init__(self, sock: socket.socket, client: str, max_head: int) -> None:
         self.sock = sock
-        self.peer = peer
-        self.reader = RequestReader(limits.max_head, limits.max_headers)
-        self.phase = _Phase.READING
-        self.idle = False  # between keep-alive requests, no byte of the next one yet
-        self.deadline = now + limits.client_timeout
-        self.events = 0  # what the selector watches for; 0 = not registered
-        self.out = memoryview(b"")
-        self.sent = 0
-        self.close_after = False
+        self.fd = sock.fileno()
+        self.client = client
+        self.tls: _Tls | None = None
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+        self.phase = Phase.FRESH
+        self.since = 0.0  # monotonic time the connection entered its phase
+        self.timer: asyncio.TimerHandle | None = None
+        self.pending: bytearray | None = None  # bytes the socket has not taken yet
+        self.reading = False  # registered with the loop for reading
+        self.request: Request | None = None
+        self.body_bytes = 0
         self.discarded = 0
+        self.closed = False
 
 
-_LISTENER = object()
-_WAKE = object()
+class Endpoint:
+    """Serve `app` on a listening socket bound elsewhere (by the supervisor), plain HTTP or TLS, until cancelled.
 
-
-class HttpServer:
-    """Serve `app` on a listening socket bound elsewhere: plain HTTP from one event loop, TLS from a thread each.
-
-    `serve_forever()` runs the loop in the calling thread until `shutdown()` is called from another one.
+    `serve()` runs in the caller's event loop; `probe()` asks the endpoint for the app's probe path over loopback,
+    through the listening socket, TLS and credentials included.
     """
 
     def __init__(self, listen_socket: socket.socket, app: App, tls: ssl.SSLContext | None = None,
-                 server_name: str = "rctmon", limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.socket = listen_socket
+        self.app = app
         self.tls = tls
         self.limits = limits
-        self._app = app
-        self._server_name = server_name
-        # Non-blocking accept: a client that resets between select() and accept() must not stall the loop.
-        listen_socket.setblocking(False)
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._connections: dict[int, _Connection] = {}
-        self._listening = False
-        self._resume_accept_at: float | None = None  # after running out of file descriptors
-        self._lock = threading.Lock()
-        self._shutdown_requested = False
-        self._serving = False
-        self._done = threading.Event()
+        self.stats = EndpointStats()
+        self.refusals = RefusalLog()
+        self.max_connections = limits.max_connections  # lowered by serve() to what RLIMIT_NOFILE allows
+        self._timeouts = _phase_timeouts(limits, tls is not None)
+        self._phases: dict[Phase, OrderedDict[_Connection, None]] = {phase: OrderedDict() for phase in Phase}
+        self._connections: set[_Connection] = set()
+        self._buffer = bytearray(READ_SIZE)  # one for all: each read is handed on before the next one
+        self._view = memoryview(self._buffer)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listen_fd = -1
+        self._failure: asyncio.Future[None] | None = None
+        self._accepting = False
+        self._resume: asyncio.TimerHandle | None = None
+        self._shed_logged_at = -60.0
         self._date = (0, "")
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
 
     # --- life cycle -------------------------------------------------------------------------------------------------
 
-    def serve_forever(self) -> None:
-        """Serve until `shutdown()`; close every open plain-HTTP connection before returning."""
-        with self._lock:
-            if self._shutdown_requested:
-                return
-            self._serving = True
+    async def serve(self) -> None:
+        """Serve until cancelled; raise OSError if the listening socket can no longer accept connections."""
+        if self._failure is not None:
+            raise RuntimeError("this endpoint is serving already")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._failure = loop.create_future()
+        self.max_connections = _connection_budget(self.limits.max_connections)
+        self.socket.setblocking(False)  # a client that resets between readiness and accept() must not block
+        self._listen_fd = self.socket.fileno()
+        self._accept_on(True)
         try:
-            self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
-            self._listen(True)
-            while self._step():
-                pass
+            await self._failure
         finally:
-            for connection in list(self._connections.values()):
+            self._accept_on(False)
+            if self._resume is not None:
+                self._resume.cancel()
+            for connection in list(self._connections):
                 self._close(connection)
-            self._listen(False)
-            self._selector.unregister(self._wake_r)
-            self._done.set()
+            self._failure = None
 
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Make `serve_forever()` return, and wait until it has (unless it never ran)."""
-        with self._lock:
-            self._shutdown_requested = True
-            serving = self._serving
+    async def probe(self, timeout: float) -> bool:
+        """Return whether a GET of the app's probe path over loopback is answered with 200 within `timeout`.
+
+        A real request through the listening socket: the accept path, TLS, the parser, credentials and the app.
+        """
         try:
-            self._wake_w.send(b"x")
-        except OSError:  # full or closed: a wake-up is pending or nobody is listening
-            pass
-        if serving:
-            self._done.wait(timeout)
+            return await asyncio.wait_for(self._probe_once(), timeout)
+        except (OSError, asyncio.TimeoutError, h11.ProtocolError, ssl.SSLError) as exc:
+            log.debug("the endpoint's probe failed: %r", exc)
+            return False
 
-    def server_close(self) -> None:
-        """Close the listening socket (this process's copy of it), the selector and the wake-up sockets."""
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
-        self.socket.close()
-
-    # --- the event loop ---------------------------------------------------------------------------------------------
-
-    def _step(self) -> bool:
-        """Wait for the next events or deadline and handle them; return False when shutdown was asked for."""
-        for key, mask in self._selector.select(self._timeout()):
-            if key.data is _WAKE:
-                return False
-            if key.data is _LISTENER:
-                self._accept()
-                continue
-            connection: _Connection = key.data
-            if connection.sock.fileno() < 0:  # closed earlier in this round (evicted)
-                continue
-            if connection.phase is _Phase.LINGERING:
-                self._guarded(connection, self._discard)
-            elif mask & selectors.EVENT_WRITE:
-                self._guarded(connection, self._advance)
-            else:
-                self._guarded(connection, self._read)
-        self._expire()
-        return True
-
-    def _guarded(self, connection: _Connection, action: Callable[[_Connection], None]) -> None:
-        """Run one step of a connection; whatever fails closes that connection, never the loop."""
+    async def _probe_once(self) -> bool:
+        host, port = self.socket.getsockname()[:2]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        context = None
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # our own certificate, reached through our own socket
+        reader, writer = await asyncio.open_connection(host, port, ssl=context)
         try:
-            action(connection)
-        except OSError as exc:  # reset, broken pipe: that client is gone
-            log.debug("connection from %s failed: %s", connection.peer, exc)
-            self._close(connection)
-        except Exception:  # noqa: BLE001 - a bug must cost one connection; the loop is the whole endpoint
-            log.exception("serving %s failed", connection.peer)
-            self._close(connection)
+            client = h11.Connection(h11.CLIENT)
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            headers = [("Host", authority), ("Connection", "close"), *self.app.probe_headers]
+            writer.write(client.send(h11.Request(method="GET", target=self.app.probe_path, headers=headers)))
+            writer.write(client.send(h11.EndOfMessage()))
+            status = 0
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    return status == 200 and isinstance(event, h11.EndOfMessage)
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ssl.SSLError):
+                pass
 
-    def _timeout(self) -> float | None:
-        """Return seconds until the nearest deadline, or None (wait for events only) when there is none."""
-        deadlines = [c.deadline for c in self._connections.values()]  # at most max_connections: a scan is cheap
-        if self._resume_accept_at is not None:
-            deadlines.append(self._resume_accept_at)
-        if not deadlines:
-            return None
-        return max(0.0, min(deadlines) - time.monotonic())
+    # --- accepting --------------------------------------------------------------------------------------------------
 
-    def _expire(self) -> None:
-        now = time.monotonic()
-        if self._resume_accept_at is not None and now >= self._resume_accept_at:
-            self._resume_accept_at = None
-            self._listen(True)
-        for connection in [c for c in self._connections.values() if c.deadline <= now]:
-            log.debug("connection from %s timed out while %s", connection.peer, connection.phase.value)
-            self._close(connection)
-
-    def _listen(self, on: bool) -> None:
-        if on and not self._listening:
-            self._selector.register(self.socket, selectors.EVENT_READ, _LISTENER)
-        elif not on and self._listening:
-            self._selector.unregister(self.socket)
-        self._listening = on
+    def _accept_on(self, on: bool) -> None:
+        assert self._loop is not None
+        if on and not self._accepting:
+            self._loop.add_reader(self._listen_fd, self._accept)
+        elif not on and self._accepting:
+            self._loop.remove_reader(self._listen_fd)
+        self._accepting = on
 
     def _accept(self) -> None:
-        """Accept every pending connection there is room for."""
-        while True:
-            if len(self._connections) >= self.limits.max_connections and not self._evict_idle():
-                self._listen(False)  # the backlog holds them; _close listens again
-                return
-            try:
-                sock, peer = self.socket.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # The listening socket stays readable: without a pause the loop would spin on it.
-                    log.warning("cannot accept connections for %g s: %s", _ACCEPT_BACKOFF, exc)
-                    self._listen(False)
-                    self._resume_accept_at = time.monotonic() + _ACCEPT_BACKOFF
-                    return
-                continue  # ECONNABORTED and the like: that client gave up, the next one may be waiting
-            # The whole response leaves in one send, but a partial segment at its end would still wait for the
-            # client's delayed ACK (40 ms on Linux) under Nagle's algorithm.
-            _no_delay(sock)
-            if self.tls is not None:
-                threading.Thread(target=self._serve_tls, args=(sock, peer), name="rctmon-https",
-                                 daemon=True).start()
-                continue
-            sock.setblocking(False)
-            connection = _Connection(sock, peer, self.limits, time.monotonic())
-            self._connections[sock.fileno()] = connection
-            self._guarded(connection, self._read)  # the request usually came with the connect: save a select round
-
-    def _evict_idle(self) -> bool:
-        """Close the keep-alive connection idle longest to make room; return False if no connection is idle."""
-        idle = [c for c in self._connections.values() if c.idle]
-        if not idle:
-            return False
-        self._close(min(idle, key=lambda c: c.deadline))
-        return True
-
-    def _read(self, connection: _Connection) -> None:
+        """Accept what is waiting (up to ACCEPT_BATCH), shedding a connection for each one past the cap."""
         try:
-            chunk = connection.sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            self._watch(connection, selectors.EVENT_READ)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    sock, address = self.socket.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    if exc.errno in CLIENT_GONE:
+                        continue
+                    if exc.errno in OUT_OF_DESCRIPTORS:
+                        if self._shed("out of descriptors"):
+                            continue
+                        self._pause_accepting(exc)
+                        return
+                    raise
+                if len(self._connections) >= self.max_connections:
+                    self._shed(f"at the limit of {self.max_connections} connections")
+                self._adopt(sock, address)
+        except Exception as exc:  # noqa: BLE001 - serve() raises it: an endpoint that cannot accept must not linger
+            self._accept_on(False)
+            assert self._failure is not None
+            if not self._failure.done():
+                self._failure.set_exception(OSError(f"the endpoint can no longer accept connections: {exc!r}"))
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Stop accepting for a while: the listening socket stays readable, and retrying at once would spin."""
+        assert self._loop is not None
+        log.warning("cannot accept connections for %g s: %s", ACCEPT_BACKOFF, exc)
+        self._accept_on(False)
+        self._resume = self._loop.call_later(ACCEPT_BACKOFF, self._accept_on, True)
+
+    def _shed(self, why: str) -> bool:
+        """Close the connection that made the least progress (SHED_ORDER); return False if there is none."""
+        for group in SHED_ORDER:
+            fronts = [next(iter(self._phases[phase])) for phase in group if self._phases[phase]]
+            if fronts:
+                victim = min(fronts, key=lambda c: c.since)
+                self.stats.shed += 1
+                assert self._loop is not None
+                now = self._loop.time()
+                if now - self._shed_logged_at >= 60.0:
+                    self._shed_logged_at = now
+                    log.warning("%s: closing the connections that made the least progress (first: %s, %s for "
+                                "%.1f s; this is logged once a minute)", why, victim.client, victim.phase.value,
+                                now - victim.since)
+                self._close(victim)
+                return True
+        return False
+
+    def _adopt(self, sock: socket.socket, address: object) -> None:
+        assert self._loop is not None
+        self.stats.accepted += 1
+        try:
+            sock.setblocking(False)
+            # A partial segment at the end of a response would otherwise wait for the client's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a Unix socket in a test), or already reset
+            pass
+        connection = _Connection(sock, client_key(address), self.limits.max_head)
+        self._connections.add(connection)
+        self._enter(connection, Phase.FRESH)
+        self._guarded(connection, self._readable)  # the request usually came with the connect: save a loop turn
+
+    # --- phases and deadlines ---------------------------------------------------------------------------------------
+
+    def _enter(self, connection: _Connection, phase: Phase) -> None:
+        assert self._loop is not None
+        if connection.closed:
             return
-        if not chunk:  # the client closed (between requests, or giving up on one)
+        self._phases[connection.phase].pop(connection, None)
+        self._phases[phase][connection] = None
+        connection.phase = phase
+        connection.since = now = self._loop.time()
+        if connection.timer is not None:
+            connection.timer.cancel()
+        connection.timer = self._loop.call_at(now + self._timeouts[phase], self._expire, connection)
+        self._want_read(connection, phase in _READING and connection.pending is None)
+
+    def _expire(self, connection: _Connection) -> None:
+        if connection.phase is not Phase.LINGERING:
+            self.stats.timed_out[connection.phase.value] += 1
+            log.debug("closing the connection of %s: %s for %g s", connection.client, connection.phase.value,
+                      self._timeouts[connection.phase])
+        self._close(connection)
+
+    def _want_read(self, connection: _Connection, on: bool) -> None:
+        assert self._loop is not None
+        if on and not connection.reading:
+            self._loop.add_reader(connection.fd, self._guarded_readable, connection)
+        elif not on and connection.reading:
+            self._loop.remove_reader(connection.fd)
+        connection.reading = on
+
+    def _close(self, connection: _Connection) -> None:
+        if connection.closed:
+            return
+        assert self._loop is not None
+        connection.closed = True
+        self._connections.discard(connection)
+        self._phases[connection.phase].pop(connection, None)
+        if connection.timer is not None:
+            connection.timer.cancel()
+        self._want_read(connection, False)
+        if connection.pending is not None:
+            self._loop.remove_writer(connection.fd)
+            connection.pending = None
+        try:
+            connection.sock.close()
+        except OSError:
+            pass
+
+    # --- reading ----------------------------------------------------------------------------------------------------
+
+    def _guarded_readable(self, connection: _Connection) -> None:
+        self._guarded(connection, self._readable)
+
+    def _guarded(self, connection: _Connection, step: Callable[[_Connection], None]) -> None:
+        """Run one step of a connection; a bug there costs that connection (logged), never the loop."""
+        try:
+            step(connection)
+        except Exception:  # noqa: BLE001 - logged with its traceback: this is rctmon's bug, not the client's
+            log.exception("serving %s failed; closing its connection", connection.client)
+            self._close(connection)
+
+    def _readable(self, connection: _Connection) -> None:
+        try:
+            count = connection.sock.recv_into(self._view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # reset: that client is gone
+            log.debug("connection of %s failed: %s", connection.client, exc)
             self._close(connection)
             return
-        if connection.idle:
-            connection.idle = False
-            connection.deadline = time.monotonic() + self.limits.client_timeout
-        connection.reader.feed(chunk)
+        if count == 0:  # the client closed (between requests, or giving up on one)
+            self._close(connection)
+            return
+        data = self._view[:count]
+        if connection.phase is Phase.LINGERING:
+            connection.discarded += count
+            if connection.discarded > self.limits.linger_bytes:
+                self._close(connection)
+            return
+        if self.tls is not None:
+            plain = self._decrypt(connection, data)
+            if plain is None:
+                return
+            if plain:  # (an empty read would tell h11 that the client closed)
+                self._received(connection, plain)
+            if connection.tls is not None and connection.tls.closed and not connection.closed:
+                self._close(connection)
+            return
+        self._received(connection, data)
+
+    def _decrypt(self, connection: _Connection, data: memoryview) -> bytes | None:
+        """Return the application data `data` completes on a TLS connection; None if the connection ended."""
+        assert self.tls is not None
+        if connection.tls is None:
+            if data[0] != TLS_HANDSHAKE_RECORD:
+                self._refuse_plain_http(connection)
+                return None
+            connection.tls = _Tls(self.tls)
+            self._enter(connection, Phase.HANDSHAKE)
+        tls = connection.tls
+        was_established = tls.established
+        try:
+            plain = tls.receive(data)
+        except ssl.SSLError as exc:
+            self.stats.tls_failed += 1
+            log.debug("TLS with %s failed: %s", connection.client, exc)
+            self._send_raw(connection, tls.to_send())  # the alert, if the socket takes it now
+            self._close(connection)
+            return None
+        self._send_raw(connection, tls.to_send())  # handshake messages, session tickets
+        if connection.closed:
+            return None
+        if tls.established and not was_established:
+            self._enter(connection, Phase.HEAD)  # the request is due now
+        return plain
+
+    def _refuse_plain_http(self, connection: _Connection) -> None:
+        """Answer plain HTTP on the HTTPS endpoint with 400, as Prometheus' own web config does."""
+        self.stats.refused[400] += 1
+        self.refusals.refused(connection.client, 400, "plain HTTP sent to the HTTPS endpoint")
+        self._enter(connection, Phase.CLOSING)
+        if self._send_raw(connection, PLAIN_HTTP_REFUSED):
+            self._linger(connection)
+
+    def _received(self, connection: _Connection, data: bytes | memoryview) -> None:
+        if connection.phase in (Phase.FRESH, Phase.IDLE):
+            # RFC 9112 2.2: empty lines before a request line are to be ignored (some clients end a body with one).
+            data = bytes(data).lstrip(b"\r\n")
+            if not data:
+                return
+            self._enter(connection, Phase.HEAD)
+        connection.http.receive_data(bytes(data))
         self._advance(connection)
 
+    # --- requests and responses -------------------------------------------------------------------------------------
+
     def _advance(self, connection: _Connection) -> None:
-        """Take the connection as far as it goes without waiting: answer buffered requests, send, or shut.
-
-        At most `_PIPELINE_BATCH` requests in one go: a client that pipelines hundreds must not hold the loop. The
-        rest wait for the next round, through a write event (the socket is writable at once).
-        """
+        """Take the connection as far as it goes without waiting: answer complete requests, start the next one."""
         answered = 0
-        while True:
-            if connection.phase is _Phase.WRITING:
-                if not self._send(connection):
-                    self._watch(connection, selectors.EVENT_WRITE)
+        while not connection.closed and connection.pending is None:
+            if connection.http.our_state in (h11.DONE, h11.MUST_CLOSE):  # a response has left
+                if not self._next_cycle(connection):
                     return
-                if connection.close_after:
-                    self._linger(connection)
+                answered += 1
+                if answered >= PIPELINE_BATCH:  # a client pipelining hundreds must not hold the loop
+                    assert self._loop is not None
+                    self._want_read(connection, False)
+                    self._loop.call_soon(self._guarded, connection, self._advance)
                     return
-                connection.phase = _Phase.READING
-                connection.idle = not connection.reader.pending
-                timeout = self.limits.keepalive_timeout if connection.idle else self.limits.client_timeout
-                connection.deadline = time.monotonic() + timeout
             try:
-                request = connection.reader.take()
-            except HttpError as error:
-                log.debug("refusing a request from %s: %s", connection.peer, error)
-                self._queue(connection, self._error_response(error), close=True)
-                continue
-            if request is None:
-                self._watch(connection, selectors.EVENT_READ)
+                event = connection.http.next_event()
+                if event is h11.NEED_DATA:
+                    self._want_read(connection, connection.phase in _READING)
+                    return
+                if event is h11.PAUSED:  # cannot be: a response is sent as soon as its request is complete
+                    log.debug("closing the connection of %s: h11 paused in %s", connection.client,
+                              connection.http.states)
+                    self._close(connection)
+                    return
+                self._event(connection, event)
+            except h11.RemoteProtocolError as exc:
+                self._refuse(connection, Refused(HTTPStatus(exc.error_status_hint), str(exc)))
                 return
-            data, keep_alive = self._respond(request, connection.peer)
-            self._queue(connection, data, close=not keep_alive)
-            answered += 1
-            if answered >= _PIPELINE_BATCH:
-                self._watch(connection, selectors.EVENT_WRITE)
+            except Refused as refused:
+                self._refuse(connection, refused)
                 return
 
-    def _queue(self, connection: _Connection, data: bytes, close: bool) -> None:
-        connection.phase = _Phase.WRITING
-        connection.out = memoryview(data)
-        connection.sent = 0
-        connection.close_after = close
-        connection.deadline = time.monotonic() + self.limits.client_timeout
-
-    def _send(self, connection: _Connection) -> bool:
-        """Send what the socket takes of the queued response; return whether all of it is out."""
-        while connection.sent < len(connection.out):
-            try:
-                sent = connection.sock.send(connection.out[connection.sent:])
-            except (BlockingIOError, InterruptedError):
-                return False
-            connection.sent += sent
-            connection.deadline = time.monotonic() + self.limits.client_timeout  # progress: the client reads
-        connection.out = memoryview(b"")
+    def _next_cycle(self, connection: _Connection) -> bool:
+        """Start on the next request after a response; return False when the connection ends instead."""
+        http = connection.http
+        if http.our_state is h11.MUST_CLOSE or http.their_state is h11.MUST_CLOSE:
+            self._finish(connection)
+            return False
+        http.start_next_cycle()
+        connection.request = None
+        connection.body_bytes = 0
+        pending_bytes = bool(http.trailing_data[0])
+        self._enter(connection, Phase.HEAD if pending_bytes else Phase.IDLE)
         return True
+
+    def _event(self, connection: _Connection, event: object) -> None:
+        if isinstance(event, h11.Request):
+            connection.request = self._accept_request(event)
+        elif isinstance(event, h11.Data):
+            connection.body_bytes += len(event.data)
+            if connection.body_bytes > self.limits.max_body:
+                raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body over {self.limits.max_body} bytes")
+        elif isinstance(event, h11.EndOfMessage):
+            assert connection.request is not None
+            self._respond(connection, connection.request)
+        elif isinstance(event, h11.ConnectionClosed):
+            self._close(connection)
+
+    def _accept_request(self, event: h11.Request) -> Request:
+        """Return the request h11 parsed if this endpoint serves it; raise Refused for what h11 lets through."""
+        version = event.http_version.decode("ascii", "replace")
+        if version not in ("1.0", "1.1"):
+            raise Refused(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"HTTP/{version[:10]}")
+        method = event.method.decode("ascii", "replace")
+        if method not in METHODS:
+            raise Refused(HTTPStatus.NOT_IMPLEMENTED, f"method {method[:20]!r}")
+        if len(event.headers) > self.limits.max_headers:
+            raise Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {self.limits.max_headers} headers")
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            headers.setdefault(name.decode("ascii"), value.decode("latin-1"))
+        if "content-length" in headers and "transfer-encoding" in headers:
+            # RFC 9112 6.3: the two disagree about where the request ends, the classic way to smuggle one.
+            raise Refused(HTTPStatus.BAD_REQUEST, "both Content-Length and Transfer-Encoding")
+        if int(headers.get("content-length", "0")) > self.limits.max_body:
+            raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body over {self.limits.max_body} bytes")
+        host = headers.get("host")
+        if host is not None and _AUTHORITY.fullmatch(host) is None:
+            raise Refused(HTTPStatus.BAD_REQUEST, f"invalid Host {host[:100]!r}")
+        target = event.target.decode("latin-1")
+        path = request_path(target)
+        if path is None:
+            raise Refused(HTTPStatus.BAD_REQUEST, f"invalid request target {target[:100]!r}")
+        return Request(method, target, path, version, headers)
+
+    def _respond(self, connection: _Connection, request: Request) -> None:
+        try:
+            response = self.app(request)
+        except Exception:  # noqa: BLE001 - a bug in the application must cost one request, never the endpoint
+            log.exception("answering %s failed", request.line)
+            response = Response(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error; see rctmon's log\n")
+        self.stats.answered += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug('%s - "%s" %d %d', connection.client, request.line, response.status, len(response.body))
+        headers = [("Server", SERVER_NAME), ("Date", self._http_date()), ("Content-Type", response.content_type),
+                   ("Content-Length", str(len(response.body))), *response.headers]
+        http = connection.http
+        data = http.send(h11.Response(status_code=response.status, headers=headers,
+                                      reason=HTTPStatus(response.status).phrase))
+        if request.method != "HEAD":
+            data += http.send(h11.Data(data=response.body))
+        data += http.send(h11.EndOfMessage())
+        if not self._send(connection, data) and not connection.closed:
+            self._enter(connection, Phase.WRITING)  # the rest leaves when the client reads; then the next request
+
+    def _refuse(self, connection: _Connection, refused: Refused) -> None:
+        """Answer a request the endpoint does not serve by itself, log it (rate-limited) and close the connection."""
+        status = refused.status
+        self.stats.refused[status.value] += 1
+        self.refusals.refused(connection.client, status.value, refused.detail)
+        body = f"{status.phrase}\n".encode()
+        head = (f"HTTP/1.1 {status.value} {status.phrase}\r\nServer: {SERVER_NAME}\r\nDate: {self._http_date()}\r\n"
+                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        self._enter(connection, Phase.CLOSING)
+        self._finish(connection, head.encode("latin-1") + body)
+
+    def _finish(self, connection: _Connection, last: bytes = b"") -> None:
+        """Send the last bytes of the connection and, on TLS, its close_notify; then shut the write side and linger."""
+        if connection.phase is not Phase.CLOSING:
+            self._enter(connection, Phase.CLOSING)
+        tls = connection.tls
+        if tls is not None and tls.established:
+            last = tls.encrypt(last) + tls.close_notify()
+        if self._send_raw(connection, last):
+            self._linger(connection)
+
+    # --- writing ----------------------------------------------------------------------------------------------------
+
+    def _send(self, connection: _Connection, data: bytes) -> bool:
+        """Send application data (encrypted on TLS); return whether the socket took all of it at once."""
+        if connection.tls is not None:
+            data = connection.tls.encrypt(data)
+        return self._send_raw(connection, data)
+
+    def _send_raw(self, connection: _Connection, data: bytes) -> bool:
+        """Send bytes as they are; return whether all left now. The rest waits for the loop, reading paused."""
+        assert self._loop is not None
+        if connection.closed:
+            return False
+        if connection.pending is not None:
+            connection.pending += data
+            return False
+        sent = 0
+        if data:
+            try:
+                sent = connection.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                log.debug("connection of %s failed: %s", connection.client, exc)
+                self._close(connection)
+                return False
+        if sent < len(data):
+            connection.pending = bytearray(data[sent:])
+            self._want_read(connection, False)
+            self._loop.add_writer(connection.fd, self._guarded, connection, self._writable)
+            return False
+        return True
+
+    def _writable(self, connection: _Connection) -> None:
+        assert self._loop is not None and connection.pending is not None
+        try:
+            sent = connection.sock.send(connection.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("connection of %s failed: %s", connection.client, exc)
+            self._close(connection)
+            return
+        del connection.pending[:sent]
+        if connection.pending:
+            return
+        self._loop.remove_writer(connection.fd)
+        connection.pending = None
+        self._drained(connection)
+
+    def _drained(self, connection: _Connection) -> None:
+        """Go on once everything queued has left: the next request, or the end of the connection."""
+        phase = connection.phase
+        if phase is Phase.WRITING:
+            self._advance(connection)
+        elif phase is Phase.CLOSING:
+            self._linger(connection)
+        elif phase in _READING:
+            self._want_read(connection, True)
 
     def _linger(self, connection: _Connection) -> None:
         """Shut the write side (the client sees the end) and discard its input until it closes, for a while."""
-        connection.sock.shutdown(socket.SHUT_WR)
-        connection.phase = _Phase.LINGERING
-        connection.idle = False
-        connection.deadline = time.monotonic() + self.limits.linger_timeout
-        self._discard(connection)
-
-    def _discard(self, connection: _Connection) -> None:
-        while True:
-            try:
-                chunk = connection.sock.recv(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                self._watch(connection, selectors.EVENT_READ)
-                return
-            connection.discarded += len(chunk)
-            if not chunk or connection.discarded > self.limits.linger_bytes:
-                self._close(connection)
-                return
-
-    def _watch(self, connection: _Connection, events: int) -> None:
-        if connection.events == events:
+        try:
+            connection.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(connection)
             return
-        if connection.events:
-            self._selector.modify(connection.sock, events, connection)
-        else:
-            self._selector.register(connection.sock, events, connection)
-        connection.events = events
-
-    def _close(self, connection: _Connection) -> None:
-        if self._connections.pop(connection.sock.fileno(), None) is None:
-            return
-        if connection.events:
-            self._selector.unregister(connection.sock)
-            connection.events = 0
-        _close_quietly(connection.sock)
-        if not self._listening and self._resume_accept_at is None and self._serving_loop():
-            self._listen(True)  # paused at max_connections: there is room again
-
-    def _serving_loop(self) -> bool:
-        return self._serving and not self._done.is_set() and not self._shutdown_requested
-
-    # --- answers ----------------------------------------------------------------------------------------------------
-
-    def _respond(self, request: Request, peer: object) -> tuple[bytes, bool]:
-        """Return the response's bytes and whether the connection stays open for another request."""
-        keep_alive = request.keep_alive
-        if request.method not in _METHODS:
-            response = Response(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method {request.method}\n".encode())
-            keep_alive = False
-        else:
-            try:
-                response = self._app(request)
-            except Exception:  # noqa: BLE001 - a bug in the application must cost one request, never the server
-                log.exception("answering %s failed", request.line)
-                response = Response(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error; see rctmon's log\n")
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug('%s - "%s" %d %d', peer, request.line, response.status, len(response.body))
-        return self._serialize(response, keep_alive, request.version, request.method != "HEAD"), keep_alive
-
-    def _error_response(self, error: HttpError) -> bytes:
-        body = f"{error.status.phrase}: {error.detail}\n".encode()
-        return self._serialize(Response(error.status, body), keep_alive=False, version=(1, 1), send_body=True)
-
-    def _serialize(self, response: Response, keep_alive: bool, version: tuple[int, int], send_body: bool) -> bytes:
-        lines: list[str] = [
-            f"HTTP/1.1 {int(response.status)} {HTTPStatus(response.status).phrase}",
-            f"Server: {self._server_name}",
-            f"Date: {self._http_date()}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-        ]
-        lines += [f"{name}: {value}" for name, value in response.headers]
-        if not keep_alive:
-            lines.append("Connection: close")
-        elif version < (1, 1):
-            lines.append("Connection: keep-alive")  # an HTTP/1.0 client assumes close unless told
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return head + response.body if send_body else head
+        self._enter(connection, Phase.LINGERING)
 
     def _http_date(self) -> str:
-        """Return the Date header's value, formatted once a second (the loop and TLS threads share it)."""
+        """Return the Date header's value, formatted once a second."""
         now = int(time.time())
         second, text = self._date
         if second != now:
@@ -540,105 +852,18 @@ class HttpServer:
             self._date = (now, text)
         return text
 
-    # --- TLS: a thread per connection -------------------------------------------------------------------------------
 
-    def _serve_tls(self, sock: socket.socket, peer: object) -> None:
-        """Run in the connection's thread: refuse plain HTTP, do the handshake, then answer requests in turn."""
-        try:
-            sock.settimeout(self.limits.client_timeout)
-            first = sock.recv(1, socket.MSG_PEEK)
-            if not first:
-                return
-            if first[0] != _TLS_HANDSHAKE:
-                _refuse(sock)
-                return
-            assert self.tls is not None
-            sock = self.tls.wrap_socket(sock, server_side=True)  # the handshake, under the socket's timeout
-            self._serve_blocking(sock, peer)
-        except OSError as exc:  # timeouts, resets and failed handshakes (ssl.SSLError) concern this client only
-            log.debug("connection from %s failed: %s", peer, exc)
-        except Exception:  # noqa: BLE001 - logged; the thread ends, the server goes on
-            log.exception("serving %s failed", peer)
-        finally:
-            _close_quietly(sock)
-
-    def _serve_blocking(self, sock: socket.socket, peer: object) -> None:
-        """Answer requests on a blocking socket with the loop's parser, limits and deadlines."""
-        limits = self.limits
-        reader = RequestReader(limits.max_head, limits.max_headers)
-        idle = False
-        deadline = time.monotonic() + limits.client_timeout
-        while True:
-            try:
-                request = reader.take()
-            except HttpError as error:
-                log.debug("refusing a request from %s: %s", peer, error)
-                sock.settimeout(limits.client_timeout)
-                sock.sendall(self._error_response(error))
-                _drain(sock, limits.linger_timeout, limits.linger_bytes)
-                return
-            if request is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                sock.settimeout(remaining)
-                chunk = sock.recv(_RECV_SIZE)
-                if not chunk:
-                    return
-                if idle:
-                    idle = False
-                    deadline = time.monotonic() + limits.client_timeout
-                reader.feed(chunk)
-                continue
-            data, keep_alive = self._respond(request, peer)
-            sock.settimeout(limits.client_timeout)
-            sock.sendall(data)
-            if not keep_alive:
-                _drain(sock, limits.linger_timeout, limits.linger_bytes)
-                return
-            idle = not reader.pending
-            deadline = time.monotonic() + (limits.keepalive_timeout if idle else limits.client_timeout)
-
-
-def _refuse(sock: socket.socket) -> None:
-    """Answer a plain-HTTP request on the HTTPS endpoint with 400, as Prometheus' own web config does.
-
-    The client's unread request is drained before closing: closing with unread data would send a reset that can
-    overtake the answer.
-    """
-    sock.sendall(PLAIN_HTTP_REFUSED)
-    _drain(sock, 1.0, 65536)
-
-
-def _drain(sock: socket.socket, timeout: float, limit: int) -> None:
-    """Shut the write side (the client sees the end) and discard what the client still sends, for a while.
-
-    Closing with unread data sends a reset, which can overtake the response. On a TLS socket `shutdown` drops the
-    TLS layer, so what is discarded is raw records: nothing is decrypted for nothing.
-    """
-    sock.shutdown(socket.SHUT_WR)
-    deadline = time.monotonic() + timeout
-    drained = 0
-    while drained <= limit:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        sock.settimeout(remaining)
-        chunk = sock.recv(_RECV_SIZE)
-        if not chunk:
-            return
-        drained += len(chunk)
-
-
-def _no_delay(sock: socket.socket) -> None:
+def _connection_budget(wanted: int) -> int:
+    """Return how many connections fit in the descriptors RLIMIT_NOFILE leaves this process, at most `wanted`."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:  # not TCP
-        pass
-
-
-def _close_quietly(sock: socket.socket) -> None:
-    try:
-        sock.close()
+        in_use = len(os.listdir("/proc/self/fd"))
     except OSError:
-        pass
+        in_use = 64
+    budget = soft - in_use - RESERVED_DESCRIPTORS
+    if budget < wanted:
+        log.info("RLIMIT_NOFILE (%d) leaves room for %d connections to the endpoint, not %d", soft, max(budget, 1),
+                 wanted)
+    return max(1, min(wanted, budget))

@@ -10,7 +10,12 @@ from __future__ import annotations
 import errno
 import socket
 
-DEFAULT_BACKLOG = 128  # prometheus_client's server uses 5: a burst of scrapers overflows it (see DESIGN.md)
+#: Connections the kernel completes and queues for the endpoint to accept. prometheus_client's server uses 5, which a
+#: burst of scrapers overflows (see DESIGN.md). A full queue drops new SYNs, and the client retries after 1 s: so the
+#: queue must hold what a flood of clients can keep pending while the endpoint accepts and sheds (issue 11: 1,000
+#: reconnecting clients overflowed 128 and delayed a scrape by the 1 s retransmit). The kernel caps it at
+#: net.core.somaxconn (4096 since Linux 5.4, 128 before).
+DEFAULT_BACKLOG = 4096
 
 
 def _host(address: str) -> str:

@@ -444,21 +444,20 @@ def run(config: Config, channel: Channel, listen_socket: socket.socket) -> None:
     """Serve the endpoint on `listen_socket` and keep its cache current from `channel` until told to stop."""
     state = State()
     cache = http.ExpositionCache(build_registry(state, config), state.current_generation)
-    server = http.EndpointServer(listen_socket, cache, http.basic_auth(config.prometheus),
-                                 http.tls_context(config.prometheus))
-    thread = threading.Thread(target=server.serve_forever, name="rctmon-http", daemon=True)
-    thread.start()
+    tls = http.tls_context(config.prometheus)
+    endpoint = http.Endpoint(listen_socket, http.MetricsApp(cache, http.basic_auth(config.prometheus)), tls)
+    server = http.EndpointThread(endpoint)  # ends this process if the endpoint can no longer accept
+    server.start()
     try:
         if not server.probe():
             log.warning("the endpoint did not answer a request of its own; serving anyway")
-        log.info("serving metrics on %s://%s (exposition %s)", "https" if server.tls else "http",
+        log.info("serving metrics on %s://%s (exposition %s)", "https" if tls else "http",
                  _address(listen_socket), "on" if config.prometheus.exposition else "off")
         channel.send(Started(PROCESS))
         serve_messages(channel, state)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(1.0)
+        server.stop()
+        listen_socket.close()
 
 
 def _address(sock: socket.socket) -> str:
