@@ -1,12 +1,14 @@
-"""What the attack tests of the endpoint share (issue 11): a prometheus child as the supervisor runs it, with its log
-in a file, and the hostile clients of bench/slow_clients.py in a process of their own.
+"""What the endpoint's tests share (issue 11): a prometheus child as the supervisor runs it, with its log in a file;
+an endpoint served in this process; and the hostile clients of bench/slow_clients.py in a process of their own.
 
 The child is forked and runs `rctmon.exporters.prometheus.run` on a socket bound here, exactly as under the
-supervisor, so its threads, descriptors and memory are those of the real endpoint (read from /proc/PID).
+supervisor, so its threads, descriptors and memory are those of the real endpoint (read from /proc/PID). The
+in-process endpoint takes any Limits, which the child does not.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import multiprocessing
@@ -27,8 +29,11 @@ import pytest
 import support
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config
+from rctmon.exporters import http as http_module
+from rctmon.exporters.http import BasicAuth, EndpointThread, ExpositionCache, MetricsApp
+from rctmon.exporters.httpserver import DEFAULT_LIMITS, Endpoint, Limits
 from rctmon.exporters.listen import bind_endpoint
-from rctmon.exporters.prometheus import run
+from rctmon.exporters.prometheus import State, build_registry, run
 from rctmon.messages import Started, Stop
 from rctmon.proc import become_child
 
@@ -36,11 +41,14 @@ _FORK = multiprocessing.get_context("fork")
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 
 
-def _child_main(config: Config, channel: Channel, parent_end: Channel, sock: socket.socket, log_path: str) -> None:
+def _child_main(config: Config, channel: Channel, parent_end: Channel, sock: socket.socket, log_path: str,
+                limits: Limits | None) -> None:
     parent_end.close()  # or the child itself would keep the channel open and never see the parent go
     become_child("prometheus")
     logging.basicConfig(filename=log_path, level=logging.INFO, force=True,
                         format="%(levelname)s %(name)s %(message)s")
+    if limits is not None:  # run() builds its Endpoint with the default limits; this child's has these
+        http_module.Endpoint = functools.partial(Endpoint, limits=limits)
     run(config, channel, sock)
 
 
@@ -122,7 +130,8 @@ class Child:
         self.sock.close()
 
 
-def start_child(log_path: str, tls: tuple[str, str] | None = None, config: Config | None = None) -> Child:
+def start_child(log_path: str, tls: tuple[str, str] | None = None, config: Config | None = None,
+                limits: Limits | None = None) -> Child:
     """Fork a prometheus child serving a fresh loopback port (TLS with a (cert, key) pair).
 
     The caller stops it (`Child.stop`), whatever happens."""
@@ -131,7 +140,8 @@ def start_child(log_path: str, tls: tuple[str, str] | None = None, config: Confi
         config.prometheus.tls_cert_file, config.prometheus.tls_key_file = tls
     sock = bind_endpoint("127.0.0.1", 0)
     ours, theirs = Channel.pair()
-    process = _FORK.Process(target=_child_main, args=(config, theirs, ours, sock, log_path), name="test-endpoint")
+    process = _FORK.Process(target=_child_main, args=(config, theirs, ours, sock, log_path, limits),
+                            name="test-endpoint")
     process.start()
     theirs.close()
     return Child(process, ours, sock, log_path, tls[0] if tls else None)
@@ -142,14 +152,67 @@ def endpoint_child(tmp_path) -> Iterator[Callable[..., Child]]:
     """Return a function that starts a prometheus child (TLS with a (cert, key) pair); stopped afterwards."""
     started: list[Child] = []
 
-    def start(tls: tuple[str, str] | None = None, config: Config | None = None) -> Child:
-        started.append(start_child(str(tmp_path / f"prometheus-{len(started)}.log"), tls, config))
+    def start(tls: tuple[str, str] | None = None, config: Config | None = None, limits: Limits | None = None) -> Child:
+        started.append(start_child(str(tmp_path / f"prometheus-{len(started)}.log"), tls, config, limits))
         started[-1].wait_started()
         return started[-1]
 
     yield start
     for child in started:
         child.stop()
+
+
+@dataclass
+class Served:
+    """An endpoint served in this process from its own event loop thread (EndpointThread)."""
+
+    endpoint: Endpoint
+    runner: EndpointThread
+    failures: list[BaseException]
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.socket.getsockname()[1])
+
+    def get(self, path: str = "/metrics", headers: dict[str, str] | None = None,
+            tls_ca: str | None = None) -> tuple[int, bytes]:
+        if tls_ca:
+            context = ssl.create_default_context(cafile=tls_ca)
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=5,
+                                                                           context=context)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+
+def metrics_app(auth: BasicAuth | None = None) -> MetricsApp:
+    state = State()
+    return MetricsApp(ExpositionCache(build_registry(state, Config()), state.current_generation), auth)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Callable[..., Served]]:
+    """Return a function that serves an endpoint over health metrics in a thread; stopped afterwards."""
+    served: list[Served] = []
+
+    def start(limits: Limits = DEFAULT_LIMITS, auth: BasicAuth | None = None, tls: ssl.SSLContext | None = None,
+              app: object = None) -> Served:
+        failures: list[BaseException] = []
+        endpoint_ = Endpoint(bind_endpoint("127.0.0.1", 0), app or metrics_app(auth), tls, limits)  # type: ignore
+        runner = EndpointThread(endpoint_, on_failure=failures.append)
+        served.append(Served(endpoint_, runner, failures))
+        runner.start()
+        return served[-1]
+
+    yield start
+    for one in served:
+        one.runner.stop()
+        one.endpoint.socket.close()
 
 
 @pytest.fixture

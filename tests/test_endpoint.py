@@ -17,79 +17,22 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
-from collections.abc import Iterator
 
 import pytest
 
 import support
-from endpoint_harness import certificate, exchange, need_descriptors, slow_clients, statuses
-from rctmon.config import Config, PrometheusConfig
-from rctmon.exporters.http import BasicAuth, EndpointThread, ExpositionCache, MetricsApp, tls_context
-from rctmon.exporters.httpserver import (DEFAULT_LIMITS, Endpoint, Limits, RefusalLog, Request, Response,
+from endpoint_harness import certificate, endpoint, exchange, metrics_app, need_descriptors, slow_clients, statuses
+from rctmon.config import PrometheusConfig
+from rctmon.exporters.http import BasicAuth, EndpointThread, tls_context
+from rctmon.exporters.httpserver import (Endpoint, Limits, RefusalLog, Request, Response,
                                          _connection_budget, client_key, request_path)
 from rctmon.exporters.listen import bind_endpoint
-from rctmon.exporters.prometheus import State, build_registry
 
-__all__ = ["certificate", "slow_clients"]  # fixtures, imported so that pytest finds them here
+__all__ = ["certificate", "endpoint", "slow_clients"]  # fixtures, imported so that pytest finds them here
 
 pytestmark = pytest.mark.timeout(30)
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-
-
-@dataclass
-class Served:
-    """An endpoint served in this process from its own event loop thread (EndpointThread)."""
-
-    endpoint: Endpoint
-    runner: EndpointThread
-    failures: list[BaseException]
-
-    @property
-    def port(self) -> int:
-        return int(self.endpoint.socket.getsockname()[1])
-
-    def get(self, path: str = "/metrics", headers: dict[str, str] | None = None,
-            tls_ca: str | None = None) -> tuple[int, bytes]:
-        if tls_ca:
-            context = ssl.create_default_context(cafile=tls_ca)
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=5,
-                                                                           context=context)
-        else:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", path, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-
-def metrics_app(auth: BasicAuth | None = None) -> MetricsApp:
-    state = State()
-    return MetricsApp(ExpositionCache(build_registry(state, Config()), state.current_generation), auth)
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Callable[..., Served]]:
-    """Return a function that serves an endpoint over health metrics in a thread; stopped afterwards."""
-    served: list[Served] = []
-
-    def start(limits: Limits = DEFAULT_LIMITS, auth: BasicAuth | None = None, tls: ssl.SSLContext | None = None,
-              app: object = None) -> Served:
-        failures: list[BaseException] = []
-        endpoint_ = Endpoint(bind_endpoint("127.0.0.1", 0), app or metrics_app(auth), tls, limits)  # type: ignore
-        runner = EndpointThread(endpoint_, on_failure=failures.append)
-        served.append(Served(endpoint_, runner, failures))
-        runner.start()
-        return served[-1]
-
-    yield start
-    for one in served:
-        one.runner.stop()
-        one.endpoint.socket.close()
 
 
 def read_to_end(sock: socket.socket) -> bytes:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import pytest
 
+import support
+
 from endpoint_harness import certificate, endpoint_child, slow_clients
+from rctmon.exporters.httpserver import Limits
 
 __all__ = ["certificate", "endpoint_child", "slow_clients"]  # fixtures, imported so that pytest finds them here
 
@@ -33,3 +36,17 @@ def test_issue11_a_scrape_answers_within_a_second_beside_slow_clients(endpoint_c
     for _ in range(SCRAPES):
         status, seconds = child.get()
         assert status == 200 and seconds < 1.0, (status, seconds, holder.counters())
+
+
+@pytest.mark.parametrize("kinds", ["idle", "idle,drip,reconnect"])
+def test_issue11_clients_reconnecting_as_fast_as_they_are_shed_let_a_scrape_in(endpoint_child, slow_clients, kinds):
+    """Past the cap every connection made sheds another, whose client connects again at once: a scrape still goes
+    through the accept queue and past the shedding within a second."""
+    child = endpoint_child(limits=Limits(max_connections=100))
+    holder = slow_clients(child.port, 400, kinds)
+    holder.wait_connected(400)
+    support.wait_for(lambda: holder.counters().get("closed_by_server", 0) >= 300, 20, message="shedding")
+    for _ in range(SCRAPES):
+        status, seconds = child.get()
+        assert status == 200 and seconds < 1.0, (status, seconds, holder.counters())
+    assert child.descriptors() < 100 + 50

@@ -493,7 +493,7 @@ class Endpoint:
             self._accept_on(False)
             assert self._failure is not None
             if not self._failure.done():
-                self._failure.set_exception(OSError(f"the endpoint can no longer accept connections: {exc!r}"))
+                self._failure.set_exception(OSError(f"the endpoint can no longer accept connections: {exc}"))
 
     def _pause_accepting(self, exc: OSError) -> None:
         """Stop accepting for a while: the listening socket stays readable, and retrying at once would spin."""
