@@ -131,6 +131,33 @@ def test_absolute_form_targets_are_routed_by_their_path(endpoint):
     assert statuses(answer) == [200] and b"rctmon_process_up" in answer
 
 
+def test_a_repeated_request_head_is_parsed_once_and_answered_the_same(endpoint):
+    """A scraper sends the same head every time: the endpoint remembers what h11 made of it, and only of a head
+    that came whole and alone and was accepted."""
+    served = endpoint(auth=BasicAuth(b"u", b"p"))
+    token = base64.b64encode(b"u:p").decode()
+    head = f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n\r\n".encode()
+    conn = socket.create_connection(("127.0.0.1", served.port), timeout=5)
+    try:
+        for _ in range(3):
+            conn.sendall(head)
+            answer = b""
+            while not answer.endswith(b"# EOF\n") and b"rctmon_process_up" not in answer.rsplit(b"\r\n\r\n", 1)[-1]:
+                answer += conn.recv(65536)
+            assert statuses(answer) == [200]
+    finally:
+        conn.close()
+    assert served.endpoint.stats.heads_reused == 2
+    unauthorized = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert [statuses(exchange(served.port, unauthorized)) for _ in range(2)] == [[401], [401]]  # auth: every time
+    assert served.endpoint.stats.heads_reused == 3
+    refused = b"GET /metrics HTTP/1.1\r\n\r\n"  # no Host: refused, and never remembered
+    assert [statuses(exchange(served.port, refused)) for _ in range(2)] == [[400], [400]]
+    pipelined = GET + b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert [statuses(exchange(served.port, pipelined)) for _ in range(2)] == [[401, 401], [401, 401]]
+    assert served.endpoint.stats.heads_reused == 3
+
+
 @pytest.mark.parametrize("target, path", [
     ("/metrics", "/metrics"), ("/metrics?a=b", "/metrics"), ("http://h/metrics", "/metrics"),
     ("HTTPS://h:1/x?y", "/x"), ("http://h", "/"), ("http://[::1]:80/m", "/m"), ("http://h?q", "/"),
