@@ -325,7 +325,7 @@ def test_the_probe_goes_through_tls_and_basic_auth(endpoint, certificate):
     assert not served.runner.probe(1.0)
 
 
-def test_https_keeps_connections_alive_and_limits_the_head(endpoint, certificate):
+def test_https_keeps_connections_alive_and_limits_the_head(endpoint, certificate, caplog):
     cert, key = certificate
     served = endpoint(tls=tls_context(PrometheusConfig(tls_cert_file=cert, tls_key_file=key)))
     context = ssl.create_default_context(cafile=cert)
@@ -343,7 +343,15 @@ def test_https_keeps_connections_alive_and_limits_the_head(endpoint, certificate
                              server_hostname="127.0.0.1") as secured:
         secured.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Huge: " + b"a" * 100_000 + b"\r\n\r\n")
         assert secured.recv(100).startswith(b"HTTP/1.1 431 ")
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", served.port), timeout=5),
+                             server_hostname="127.0.0.1") as secured:
+        secured.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := secured.recv(65536):  # the server's close_notify ends it
+            answer += chunk
+        assert statuses(answer) == [200] and answer.endswith(b"</html>\n")
     assert statuses(exchange(served.port, GET)) == [400]  # plain HTTP to the HTTPS endpoint
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 # --- logging and descriptors ----------------------------------------------------------------------------------------

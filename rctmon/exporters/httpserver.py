@@ -319,7 +319,9 @@ class _Tls:
         return self.outgoing.read()
 
     def encrypt(self, data: bytes) -> bytes:
-        self.obj.write(data)
+        """Return the TLS records carrying `data`. Raise ssl.SSLError (the session failed or was closed)."""
+        if data:  # (writing nothing is an error to some OpenSSL versions)
+            self.obj.write(data)
         return self.outgoing.read()
 
     def close_notify(self) -> bytes:
@@ -858,7 +860,12 @@ class Endpoint:
             self._enter(connection, Phase.CLOSING)
         tls = connection.tls
         if tls is not None and tls.established:
-            last = tls.encrypt(last) + tls.close_notify()
+            try:
+                last = tls.encrypt(last) + tls.close_notify()
+            except ssl.SSLError as exc:  # the client ended the session first
+                log.debug("TLS with %s ended: %s", connection.client, exc)
+                self._close(connection)
+                return
         if self._send_raw(connection, last):
             self._linger(connection)
 
@@ -867,7 +874,12 @@ class Endpoint:
     def _send(self, connection: _Connection, data: bytes) -> bool:
         """Send application data (encrypted on TLS); return whether the socket took all of it at once."""
         if connection.tls is not None:
-            data = connection.tls.encrypt(data)
+            try:
+                data = connection.tls.encrypt(data)
+            except ssl.SSLError as exc:  # the client ended the session first
+                log.debug("TLS with %s ended: %s", connection.client, exc)
+                self._close(connection)
+                return False
         return self._send_raw(connection, data)
 
     def _send_raw(self, connection: _Connection, data: bytes) -> bool:
