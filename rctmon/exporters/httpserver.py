@@ -11,7 +11,7 @@ legitimate scrape past Prometheus' 10 s timeout. Here:
   headers, an invalid Host or request target. A refusal is a 4xx, closes the connection, and is logged at most once
   per client a minute (`RefusalLog`), never with a traceback. Responses are the endpoint's own few fixed lines.
   A head that came alone in one read and was accepted is remembered by its bytes (`_heads`): a scraper sends the
-  same one every time, and answering it then costs a third of parsing it again.
+  same one every time, and a request whose head is remembered costs a third of one parsed again.
 - One event loop, no thread per connection. Connections are raw non-blocking sockets watched by the loop
   (`add_reader`/`add_writer`); TLS is an `ssl.SSLObject` over memory buffers, so a TLS connection costs an SSL
   object and no 256 KiB read buffer (asyncio's own TLS transport allocates one per connection), and the handshake is
@@ -119,7 +119,10 @@ DEFAULT_LIMITS = Limits()
 
 @dataclass(frozen=True)
 class Request:
-    """A request as the application sees it. Header names are lower case; a repeated header keeps its first value."""
+    """A request as the application sees it. Header names are lower case; a repeated header keeps its first value.
+
+    Requests with the same head are one object (Endpoint._heads): an application must not change `headers`.
+    """
 
     method: str
     target: str
@@ -400,6 +403,7 @@ class Endpoint:
         self._heads: OrderedDict[bytes, Request] = OrderedDict()
         self._shed_logged_at = -60.0
         self._failure_logged_at = -60.0
+        self._pause_logged_at = -60.0
         self._date = (0, "")
 
     @property
@@ -500,7 +504,11 @@ class Endpoint:
                     raise
                 if len(self._connections) >= self.max_connections:
                     self._shed(f"at the limit of {self.max_connections} connections")
-                self._adopt(sock, address)
+                try:
+                    self._adopt(sock, address)
+                except Exception:  # noqa: BLE001 - rctmon's bug: it costs this connection, not the endpoint
+                    log.exception("taking the connection of %s failed", client_key(address))
+                    sock.close()
         except Exception as exc:  # noqa: BLE001 - serve() raises it: an endpoint that cannot accept must not linger
             self._accept_on(False)
             assert self._failure is not None
@@ -510,7 +518,10 @@ class Endpoint:
     def _pause_accepting(self, exc: OSError) -> None:
         """Stop accepting for a while: the listening socket stays readable, and retrying at once would spin."""
         assert self._loop is not None
-        log.warning("cannot accept connections for %g s: %s", ACCEPT_BACKOFF, exc)
+        if self._loop.time() - self._pause_logged_at >= 60.0:
+            self._pause_logged_at = self._loop.time()
+            log.warning("cannot accept connections: %s; trying again every %g s (logged once a minute)", exc,
+                        ACCEPT_BACKOFF)
         self._accept_on(False)
         self._resume = self._loop.call_later(ACCEPT_BACKOFF, self._accept_on, True)
 
