@@ -157,6 +157,7 @@ def _one(pid: int, proc: str) -> str:
         with open(f"{proc}/{pid}/cmdline", "rb") as f:
             argv = [a for a in f.read().split(b"\0") if a]
         title = " ".join(a.decode("utf-8", "replace") for a in argv)
+        title = "".join(c if c.isprintable() else " " for c in title)  # a title is anyone's to set: no escapes
     except OSError:
         pass
     text = f"pid {pid}"

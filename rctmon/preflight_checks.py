@@ -183,27 +183,27 @@ def _spool_directory(config: Config, environ: Mapping[str, str]) -> Iterator[str
 
 # --- clashes with other processes -----------------------------------------------------------------------------------
 
-def _free_within(grace: float, is_free: Callable[[], bool]) -> bool:
-    """Return whether `is_free()` comes true within `grace` seconds (asked at once, then every 0.2 s)."""
-    deadline = time.monotonic() + grace
-    while not is_free():
+Probe = Callable[[], "set[int] | None"]
+
+
+def _others_holding(probe: Probe, grace: float | None = None) -> set[int] | None:
+    """Return the pids of other processes that hold what `probe` asks for, or None when nobody else does.
+
+    `probe()` returns None when the thing is free, else the pids holding it (empty when none can be seen). Holders
+    that are all the caller's own pass at once; others get `grace` seconds to let go. An empty set returned means
+    held by someone this user cannot see.
+    """
+    deadline = time.monotonic() + (CLASH_GRACE if grace is None else grace)
+    while True:
+        held = probe()
+        if held is None:
+            return None
+        own = holders.family(os.getppid())  # the caller: the process that forked this checking process
+        if held and held <= own:
+            return None
         if time.monotonic() >= deadline:
-            return False
+            return held - own
         time.sleep(_CLASH_POLL)
-    return True
-
-
-def _own_processes() -> set[int]:
-    """Return the caller (who forked this checking process) and all its descendants."""
-    return holders.family(os.getppid())
-
-
-def _held_by(pids: set[int], hidden: str) -> str | None:
-    """Return how to name the holders that are not the caller's own, or None when all of them are its own."""
-    others = pids - _own_processes()
-    if others:
-        return holders.describe(others)
-    return None if pids else hidden
 
 
 def _overlaps(ours: str, theirs: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -219,34 +219,33 @@ def _overlaps(ours: str, theirs: ipaddress.IPv4Address | ipaddress.IPv6Address) 
 def _metrics_port_in_use(config: Config, environ: Mapping[str, str]) -> Iterator[str]:
     """Yield a clash when another process listens where the endpoint would; also what else keeps it from binding."""
     p = config.prometheus
-    failure: list[OSError] = []
-
-    def bindable() -> bool:
-        failure.clear()
-        try:
-            bind_endpoint(p.bind_address, p.bind_port).close()
-            return True
-        except OSError as exc:
-            failure.append(exc)
-            return exc.errno != errno.EADDRINUSE  # any other failure is reported below, without waiting
-    _free_within(CLASH_GRACE, bindable)
-    if not failure:
-        return
-    exc = failure[0]
-    if exc.errno != errno.EADDRINUSE:  # EACCES (a port below 1024), EADDRNOTAVAIL (not an address of this host)
-        yield f"prometheus.bind_port: {exc.strerror or exc}"
-        return
     try:
-        ours = socket.getaddrinfo(p.bind_address.strip("[] ") or "0.0.0.0", p.bind_port,
-                                  type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][4][0]
+        ours = str(socket.getaddrinfo(p.bind_address.strip("[] ") or "0.0.0.0", p.bind_port,
+                                      type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][4][0])
     except (OSError, IndexError):
         ours = "::"
-    found = [s for s in holders.listeners(p.bind_port) if _overlaps(str(ours), s.address)]
-    uids = sorted({s.uid for s in found})
-    hidden = (f"a process of {', '.join(holders.user_name(uid) for uid in uids)} that this user cannot see"
-              if uids else "another process")
-    who = _held_by(holders.socket_holders(s.inode for s in found), hidden)
-    if who:
+    other_failure: list[str] = []
+    found: list[holders.Listener] = []
+
+    def probe() -> set[int] | None:
+        try:
+            bind_endpoint(p.bind_address, p.bind_port).close()
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:  # EACCES (a port below 1024), EADDRNOTAVAIL (not this host's)
+                other_failure.append(str(exc.strerror or exc))
+                return None
+        found[:] = [s for s in holders.listeners(p.bind_port) if _overlaps(ours, s.address)]
+        return holders.socket_holders(s.inode for s in found)
+
+    others = _others_holding(probe)
+    if other_failure:
+        yield f"prometheus.bind_port: {other_failure[0]}"
+    elif others is not None:
+        uids = sorted({s.uid for s in found})
+        who = holders.describe(others) if others else (
+            f"a process of {', '.join(holders.user_name(uid) for uid in uids)} that this user cannot see" if uids
+            else "another process")
         yield f"prometheus.bind_port: {p.bind_address}:{p.bind_port} is in use by {who}"
 
 
@@ -262,21 +261,20 @@ def _spool_in_use(config: Config, environ: Mapping[str, str]) -> Iterator[str]:
     except OSError:  # none yet (nobody ever opened this spool), or unreadable (_spool_directory's business)
         return
 
-    def free() -> bool:
+    def probe() -> set[int] | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
-            return True
+            return None
         except BlockingIOError:
-            return False
+            return holders.lock_holders(lock)
     try:
-        if _free_within(CLASH_GRACE, free):
-            return
+        others = _others_holding(probe)
     finally:
         os.close(fd)
-    who = _held_by(holders.lock_holders(lock), "another process that this user cannot see")
-    if not who:
+    if others is None:
         return
+    who = holders.describe(others) if others else "another process that this user cannot see"
     hint = ""
     try:
         if path == statedir.state_file(config.instance, statedir.SPOOL_FILE, environ):

@@ -5,11 +5,13 @@ that file's name without its directory and suffix (`/etc/rctmon/garage.yml` -> `
 before anything connects (the inverter's serial is not: it cannot name a file the influxdb child opens at its start).
 
 The state of an instance lives in `<root>/<instance>`, where the root is `$STATE_DIRECTORY` (what systemd's
-`StateDirectory=` sets) or `~/.local/state/rctmon`. A root that already carries the instance's name is the
-instance's own directory: the template unit's `StateDirectory=rctmon/%i` gives `/var/lib/rctmon/garage` to `garage`,
-and the single unit's `/var/lib/rctmon` belongs to `/etc/rctmon.yml`, instance `rctmon`, exactly as before instances
-existed. A daemon whose file has another name kept its state in the root itself before: `adopt_earlier` moves it
-into the instance's directory once, so an upgrade loses nothing.
+`StateDirectory=` sets) or `~/.local/state/rctmon`. Two exceptions keep paths short and old installs as they were:
+- the instance `rctmon` (`/etc/rctmon.yml`, or no file at all) keeps its state in the root itself, as every daemon
+  did before instances existed;
+- a root that already carries the instance's name is the instance's own directory: the template unit's
+  `StateDirectory=rctmon/%i` gives `/var/lib/rctmon/garage` to `garage`.
+A daemon whose file has another name kept its state in the root before: `adopt_earlier` moves it into the
+instance's directory once, so an upgrade loses nothing.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def state_root(environ: Mapping[str, str] | None = None) -> Path:
 def state_dir(instance: str, environ: Mapping[str, str] | None = None) -> Path:
     """Return the directory the state of `instance` lives in (see the module's docstring)."""
     root = state_root(environ)
-    return root if root.name == instance else root / instance
+    return root if instance in (DEFAULT_INSTANCE, root.name) else root / instance
 
 
 def state_file(instance: str, name: str, environ: Mapping[str, str] | None = None) -> Path:
