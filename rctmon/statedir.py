@@ -95,15 +95,16 @@ def adopt_earlier(path: Path, environ: Mapping[str, str] | None = None,
     Nothing moves when `path` already exists, when there is no earlier file, or when a process holds either file's
     lock (`<file>.lock`, which the spool takes): a running daemon's file is never pulled away. The companions move
     first and the file itself last, so that an adoption cut short (a crash, a kill) is completed by the next one:
-    it is still missing at `path`, and whatever already moved is not moved back.
+    it is still missing at `path`, and whatever already moved is not moved back. The earlier lock file stays, emptied:
+    what the spool notes in it (that a spool exists there) no longer holds.
     """
     earlier = earlier_path(path, environ)
     if earlier is None or path.exists() or not earlier.exists():
         return None
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        with _locked(earlier) as free_before, _locked(path) as free_after:
-            if not (free_before and free_after):
+        with _Locked(earlier) as before, _Locked(path) as after:
+            if not (before.free and after.free):
                 log.info("not moving %s to %s: another process holds it", earlier, path)
                 return None
             if path.exists() or not earlier.exists():  # another process of this instance was quicker
@@ -112,6 +113,7 @@ def adopt_earlier(path: Path, environ: Mapping[str, str] | None = None,
                 source = Path(f"{earlier}{suffix}")
                 if source.exists():
                     os.rename(source, f"{path}{suffix}")
+            os.ftruncate(before.fd, 0)
     except OSError as exc:
         # EXDEV: the instance's directory is another file system; moving across is not atomic, so leave it.
         how = "it is on another file system" if exc.errno == errno.EXDEV else (exc.strerror or str(exc))
@@ -123,20 +125,22 @@ def adopt_earlier(path: Path, environ: Mapping[str, str] | None = None,
     return earlier
 
 
-class _locked:
-    """Hold `<path>.lock` (the lock the spool takes) if nobody else does; `as` gives whether it was free."""
+class _Locked:
+    """Hold `<path>.lock` (the lock the spool takes) if nobody else does; `free` says whether it was."""
 
     def __init__(self, path: Path) -> None:
         self._path = f"{path}.lock"
-        self._fd = -1
+        self.fd = -1
+        self.free = False
 
-    def __enter__(self) -> bool:
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    def __enter__(self) -> _Locked:
+        self.fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.free = True
         except BlockingIOError:
-            return False
+            self.free = False
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
-        os.close(self._fd)  # closing the descriptor releases the lock
+        os.close(self.fd)  # closing the descriptor releases the lock

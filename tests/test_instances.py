@@ -135,6 +135,9 @@ def test_an_upgraded_daemon_finds_the_points_of_its_earlier_spool(tmp_path, envi
     finally:
         spool.close()
     assert statedir.adopt_earlier(path, environ) is None  # once only: the instance's own spool exists now
+    # The root's lock file no longer says a spool lives there: the default instance, started there later, starts
+    # a new one without taking the old one for deleted.
+    assert (root / f"{FILE_NAME}.lock").read_bytes() == b""
 
 
 def test_a_move_cut_short_is_completed_by_the_next_one(tmp_path):
