@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in PREFLIGHT:
         from rctmon.preflight import preflight
 
-        problems = preflight(config)
+        problems = preflight(config, clashes=args.command == "daemon")  # check-config: its daemon may run
         if problems:
             print(f"rctmon: {ConfigError(problems, source=path or 'configuration')}", file=sys.stderr)
             return 2

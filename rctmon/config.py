@@ -6,6 +6,11 @@ each naming its key, before anything starts. The file itself is read with bounde
 Secrets (the InfluxDB token, passwords) may come from the file, a file of their own or an environment variable,
 and are masked whenever the configuration is printed.
 
+Several daemons may run on one host, one per inverter. Each stands for an *instance*, named after its file
+(`/etc/rctmon/garage.yml` -> `garage`, see `rctmon.statedir`), and the defaults that would make two of them collide
+are derived from it (`DERIVED`): the MQTT client id and the spool's place. Everything else that must differ (the
+device, the metrics port) is the file's to say; `rctmon.preflight` refuses what still collides.
+
 Whether the environment can run what the file asks for (modules, certificates, the spool directory) is a separate
 question, answered by `rctmon.preflight`.
 """
@@ -28,7 +33,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from rctmon import safeyaml
+from rctmon import safeyaml, statedir
 from rctmon.durations import format_duration, parse_duration
 
 DEFAULT_CONFIG_PATH = "/etc/rctmon.yml"
@@ -119,7 +124,7 @@ class InfluxDBConfig:
     batch_size: int = 5000  # points per write request
     flush_interval: float = 1.0  # seconds between writes while points wait
     timeout: float = 10.0  # seconds for one write request
-    spool_path: str = ""  # empty: $STATE_DIRECTORY/influxdb-spool.sqlite or ~/.local/state/rctmon/...
+    spool_path: str = ""  # empty: influxdb-spool.sqlite in the instance's state directory (rctmon.statedir)
     spool_max_points: int = 2_000_000  # oldest points are dropped (and counted) beyond this
 
 
@@ -137,7 +142,7 @@ class MqttConfig:
     enable: bool = False
     host: str = "localhost"
     port: int = 1883
-    client_id: str = "rctmon"
+    client_id: str = "rctmon"  # left at this: rctmon-<instance> for any instance but `rctmon` (see DERIVED)
     username: str = ""
     password: str = ""
     password_file: str = ""  # env RCTMON_MQTT_PASSWORD overrides both
@@ -168,6 +173,12 @@ class Config:
     logging: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_LOGGING))
     #: Problems worth a warning that do not stop rctmon (not a configuration key).
     warnings: list[str] = field(default_factory=list, compare=False)
+    #: Which of several daemons on this host this is: the configuration file's name (not a configuration key).
+    instance: str = statedir.DEFAULT_INSTANCE
+
+
+#: Fields of Config that are no configuration keys: never read from the file, never printed as part of it.
+NOT_KEYS = frozenset({"warnings", "instance"})
 
 
 #: (dotted key, environment variable, file key): where each secret may come from besides the YAML.
@@ -282,6 +293,38 @@ STRING_RULES: dict[str, Callable[[str], str | None]] = {
 }
 
 
+# --- defaults derived from the instance -----------------------------------------------------------------------------
+
+def _client_id(instance: str, environ: Mapping[str, str]) -> str:
+    return "rctmon" if instance == statedir.DEFAULT_INSTANCE else f"rctmon-{instance}"
+
+
+def _spool_path(instance: str, environ: Mapping[str, str]) -> str:
+    """Return the instance's spool, or "" (the default place) where that is the same file."""
+    try:
+        path = statedir.state_file(instance, statedir.SPOOL_FILE, environ)
+        unchanged = path == statedir.state_root(environ) / statedir.SPOOL_FILE
+    except (RuntimeError, KeyError):  # no home directory to put it under: preflight says so
+        return ""
+    return "" if unchanged else str(path)
+
+
+#: Keys whose built-in default would make two daemons on one host collide: a key left at that default gets one
+#: derived from the instance instead (key -> derive(instance, environ)). A value the file sets otherwise is kept.
+#: The instance `rctmon` (/etc/rctmon.yml) keeps the built-in defaults, so a single daemon is as it always was.
+DERIVED: dict[str, Callable[[str, Mapping[str, str]], Any]] = {
+    "mqtt.client_id": _client_id,
+    "influxdb.spool_path": _spool_path,
+}
+
+
+def _derive_defaults(config: Config, environ: Mapping[str, str]) -> None:
+    built_in = Config()
+    for key, derive in DERIVED.items():
+        if _get(config, key) == _get(built_in, key):
+            _set(config, key, derive(config.instance, environ))
+
+
 # --- reading the sections -------------------------------------------------------------------------------------------
 
 def _show(value: Any) -> str:
@@ -352,8 +395,10 @@ def _short_key(name: str) -> str:
 
 
 def walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Yield (dotted key, value) of every key below `obj`, nested sections expanded."""
+    """Yield (dotted key, value) of every key below `obj`, nested sections expanded (NOT_KEYS left out)."""
     for f in dataclasses.fields(obj):
+        if f.name in NOT_KEYS:
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             yield from walk(value, f"{prefix}{f.name}.")
@@ -371,7 +416,7 @@ def _control_character_problem(value: str) -> str | None:
 
 def _check_values(config: Config, errors: list[str]) -> None:
     for key, value in walk(config):
-        if key in ("logging", "warnings"):
+        if key == "logging":
             continue
         if key in RANGES and not RANGES[key].allows(value):
             shown = format_duration(value) if math.isfinite(value) and key.startswith("history.") else _show(value)
@@ -432,15 +477,19 @@ def _resolve_secrets(config: Config, environ: Mapping[str, str], errors: list[st
             _set(config, key, environ[env])
 
 
-def parse(data: Any, environ: Mapping[str, str] | None = None) -> Config:
-    """Validate parsed YAML and return the effective configuration; raise ConfigError listing every problem."""
+def parse(data: Any, environ: Mapping[str, str] | None = None, instance: str = statedir.DEFAULT_INSTANCE) -> Config:
+    """Validate parsed YAML and return the effective configuration; raise ConfigError listing every problem.
+
+    `instance` (see `rctmon.statedir.instance_name`) decides the derived defaults (`DERIVED`).
+    """
     errors: list[str] = []
-    config = Config()
+    env = os.environ if environ is None else environ
+    config = Config(instance=instance)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"the configuration must be a mapping of sections, got {_type_name(data)}")
-    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "warnings"}
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name not in NOT_KEYS}
     for name, value in data.items():
         if name not in sections:
             hint = difflib.get_close_matches(str(name), sections, n=1)
@@ -452,10 +501,11 @@ def parse(data: Any, environ: Mapping[str, str] | None = None) -> Config:
                 config.logging = value
         else:
             setattr(config, name, _load_section(type(getattr(config, name)), name, value, errors))
-    _resolve_secrets(config, os.environ if environ is None else environ, errors)
+    _resolve_secrets(config, env, errors)
     _check_values(config, errors)
     if errors:
         raise ConfigError(errors)
+    _derive_defaults(config, env)
     return config
 
 
@@ -476,7 +526,7 @@ def load(path: str, environ: Mapping[str, str] | None = None, refuse_empty: bool
         raise ConfigError("the file is empty (or holds only comments); keeping the configuration in use",
                           source=path)
     try:
-        config = parse(data, environ)
+        config = parse(data, environ, instance=statedir.instance_name(path))
     except ConfigError as exc:
         raise ConfigError(exc.problems, source=path) from None
     config.warnings.extend(_permission_warnings(path, data))
@@ -533,7 +583,8 @@ def host_timezone(environ: Mapping[str, str] | None = None, localtime: str = "/e
 def masked(config: Config) -> dict[str, Any]:
     """Return the configuration as plain data with every secret replaced by a mask."""
     data = dataclasses.asdict(config)
-    data.pop("warnings", None)
+    for name in NOT_KEYS:
+        data.pop(name, None)
     for key in _SECRET_KEYS:
         section, name = key.split(".")
         if data[section][name]:

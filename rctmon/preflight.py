@@ -11,6 +11,12 @@ API (the CLI runs it before `check-config` and `daemon`; the supervisor runs it 
     if problems:                      # one line each, naming the key: "mqtt.enable: cannot import paho.mqtt ..."
         ...keep the old configuration (SIGHUP) or exit with status 2 (start)
 
+With `clashes=True` (`daemon` at start, and the supervisor on SIGHUP) it also refuses what another process holds:
+the metrics port, the spool (`prometheus.bind_port: 127.0.0.1:9831 is in use by pid 812 (rctmon: supervisor) of
+rctmon@roof.service`). The caller and its descendants never count as another process, so the supervisor's own
+port and its influxdb child's spool pass on SIGHUP. `check-config` leaves it off: the daemon of the very file it
+checks may be running, and that is no clash. A holder gets a few seconds to let go (a predecessor still stopping).
+
 The checks run in a short-lived forked process: the caller (the small supervisor) never loads influxdb-client,
 paho, ssl or sqlite3 for them, and a check that hangs (an import, a dead NFS mount under the spool) is killed after
 `timeout` seconds and reported under the key of the part it was checking. The only trace left is a temporary file
@@ -32,15 +38,17 @@ from rctmon.config import Config
 TIMEOUT = 60.0  # seconds for every check together; importing influxdb-client from a cold SD card takes a few
 
 
-def preflight(config: Config, environ: Mapping[str, str] | None = None, timeout: float = TIMEOUT) -> list[str]:
+def preflight(config: Config, environ: Mapping[str, str] | None = None, timeout: float = TIMEOUT,
+              clashes: bool = False) -> list[str]:
     """Return what keeps this machine from running `config`: one line per problem, each naming its key.
 
     An empty list means every enabled part can start: its modules import, its certificates and keys load with
-    ssl as the server or client would load them, its secret files are readable, and the spool can be written.
+    ssl as the server or client would load them, its secret files are readable, and the spool can be written;
+    with `clashes`, also that no other process holds the metrics port or the spool.
     `environ` stands for os.environ (where $STATE_DIRECTORY and the secrets' variables are looked up).
     """
     env = dict(os.environ if environ is None else environ)
-    reports, unfinished = _in_fork(config, env, timeout)
+    reports, unfinished = _in_fork(config, env, timeout, clashes)
     problems = [text for kind, text in reports if kind == "problem"]
     if unfinished:
         begun = [text for kind, text in reports if kind == "begin"]
@@ -48,12 +56,13 @@ def preflight(config: Config, environ: Mapping[str, str] | None = None, timeout:
     return problems
 
 
-def _in_fork(config: Config, environ: dict[str, str], timeout: float) -> tuple[list[tuple[str, str]], str]:
+def _in_fork(config: Config, environ: dict[str, str], timeout: float,
+             clashes: bool) -> tuple[list[tuple[str, str]], str]:
     """Run the checks in a forked child; return its reports and, if it did not finish, how it ended instead."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _child(config, environ, read_fd, write_fd)
+        _child(config, environ, clashes, read_fd, write_fd)
     os.close(write_fd)
     data = b""
     deadline = time.monotonic() + timeout
@@ -78,7 +87,7 @@ def _in_fork(config: Config, environ: dict[str, str], timeout: float) -> tuple[l
     return reports, f"crashed the checking process ({how}); a broken installation?"
 
 
-def _child(config: Config, environ: dict[str, str], read_fd: int, write_fd: int) -> NoReturn:
+def _child(config: Config, environ: dict[str, str], clashes: bool, read_fd: int, write_fd: int) -> NoReturn:
     """Run the checks, write one line per report to `write_fd`, and exit without running the parent's clean-up."""
     status = 1
     try:
@@ -97,7 +106,7 @@ def _child(config: Config, environ: dict[str, str], read_fd: int, write_fd: int)
 
         from rctmon import preflight_checks  # here, not above: what it imports stays in this process
 
-        preflight_checks.run(config, environ, emit)
+        preflight_checks.run(config, environ, emit, clashes)
         emit("done", "")
         status = 0
     finally:

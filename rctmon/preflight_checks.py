@@ -2,23 +2,38 @@
 
 These run in the forked process `rctmon.preflight` starts, so they may import what they like (ssl, sqlite3 by way of
 the spool module, the exporters' libraries): none of it reaches the caller.
+
+Clash checks (the metrics port, the spool) ask whether another process holds what this configuration needs. The
+caller, the process that forked the checks, and its descendants are never another process: on SIGHUP the
+supervisor and its children hold the port and the spool of the configuration being reloaded.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib
+import ipaddress
 import os
+import socket
 import ssl
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Callable
 from collections.abc import Iterable, Iterator, Mapping
 
+from rctmon import holders, statedir
 from rctmon.config import SECRETS, Config, read_secret_file
+from rctmon.exporters.listen import bind_endpoint
 from rctmon.exporters.spool import spool_path
 
 MAX_PEM_BYTES = 1 << 20  # a certificate chain is a few kB; /dev/zero as a certificate must not hang us
+#: Seconds a port or spool held by someone else may take to come free before it counts as a clash: a predecessor
+#: that is still stopping (the spool itself waits 10 s for one) must not turn a restart into exit status 2.
+CLASH_GRACE = 5.0
+_CLASH_POLL = 0.2
 
 Check = Callable[[Config, Mapping[str, str]], Iterable[str]]
 
@@ -31,6 +46,7 @@ class Needs:
     key: str  # the key a problem with a module is reported under (the one that enabled the part)
     modules: tuple[tuple[str, str], ...] = ()  # (module to import, distribution that provides it)
     checks: tuple[Check, ...] = ()
+    clashes: tuple[Check, ...] = ()  # whether another process holds what the part needs (run on request)
 
 
 # --- files ----------------------------------------------------------------------------------------------------------
@@ -165,6 +181,110 @@ def _spool_directory(config: Config, environ: Mapping[str, str]) -> Iterator[str
         yield f"{key}: cannot write the spool {path}: {where}: {exc.strerror or exc}"
 
 
+# --- clashes with other processes -----------------------------------------------------------------------------------
+
+Probe = Callable[[], "set[int] | None"]
+
+
+def _others_holding(probe: Probe, grace: float | None = None) -> set[int] | None:
+    """Return the pids of other processes that hold what `probe` asks for, or None when nobody else does.
+
+    `probe()` returns None when the thing is free, else the pids holding it (empty when none can be seen). Holders
+    that are all the caller's own pass at once; others get `grace` seconds to let go. An empty set returned means
+    held by someone this user cannot see.
+    """
+    deadline = time.monotonic() + (CLASH_GRACE if grace is None else grace)
+    while True:
+        held = probe()
+        if held is None:
+            return None
+        own = holders.family(os.getppid())  # the caller: the process that forked this checking process
+        if held and held <= own:
+            return None
+        if time.monotonic() >= deadline:
+            return held - own
+        time.sleep(_CLASH_POLL)
+
+
+def _overlaps(ours: str, theirs: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Return whether a listener on `theirs` keeps us from binding `ours` (same address, or either a wildcard)."""
+    try:
+        mine = ipaddress.ip_address(ours.split("%")[0])
+    except ValueError:
+        return True
+    mapped = getattr(theirs, "ipv4_mapped", None) or theirs
+    return mine.is_unspecified or theirs.is_unspecified or mine in (theirs, mapped)
+
+
+def _metrics_port_in_use(config: Config, environ: Mapping[str, str]) -> Iterator[str]:
+    """Yield a clash when another process listens where the endpoint would; also what else keeps it from binding."""
+    p = config.prometheus
+    try:
+        ours = str(socket.getaddrinfo(p.bind_address.strip("[] ") or "0.0.0.0", p.bind_port,
+                                      type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][4][0])
+    except (OSError, IndexError):
+        ours = "::"
+    other_failure: list[str] = []
+    found: list[holders.Listener] = []
+
+    def probe() -> set[int] | None:
+        try:
+            bind_endpoint(p.bind_address, p.bind_port).close()
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:  # EACCES (a port below 1024), EADDRNOTAVAIL (not this host's)
+                other_failure.append(str(exc.strerror or exc))
+                return None
+        found[:] = [s for s in holders.listeners(p.bind_port) if _overlaps(ours, s.address)]
+        return holders.socket_holders(s.inode for s in found)
+
+    others = _others_holding(probe)
+    if other_failure:
+        yield f"prometheus.bind_port: {other_failure[0]}"
+    elif others is not None:
+        uids = sorted({s.uid for s in found})
+        who = holders.describe(others) if others else (
+            f"a process of {', '.join(holders.user_name(uid) for uid in uids)} that this user cannot see" if uids
+            else "another process")
+        yield f"prometheus.bind_port: {p.bind_address}:{p.bind_port} is in use by {who}"
+
+
+def _spool_in_use(config: Config, environ: Mapping[str, str]) -> Iterator[str]:
+    """Yield a clash when another process has the spool open (it holds `<spool>.lock`, as `spool.Spool` does)."""
+    try:
+        path = spool_path(config.influxdb, environ, adopt=False)
+    except (RuntimeError, KeyError):  # no place for it at all: _spool_directory says so
+        return
+    lock = f"{path}.lock"
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # none yet (nobody ever opened this spool), or unreadable (_spool_directory's business)
+        return
+
+    def probe() -> set[int] | None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        except BlockingIOError:
+            return holders.lock_holders(lock)
+    try:
+        others = _others_holding(probe)
+    finally:
+        os.close(fd)
+    if others is None:
+        return
+    who = holders.describe(others) if others else "another process that this user cannot see"
+    hint = ""
+    try:
+        if path == statedir.state_file(config.instance, statedir.SPOOL_FILE, environ):
+            hint = (f" (the spool of instance {config.instance!r}, named after the configuration file: run each "
+                    f"inverter's daemon from a file of another name, or set influxdb.spool_path)")
+    except (RuntimeError, KeyError):
+        pass
+    yield f"influxdb.spool_path: {path} is in use by {who}{hint}"
+
+
 # --- the table ------------------------------------------------------------------------------------------------------
 
 #: What each part needs while its section enables it. systemd-python is optional everywhere: never required here.
@@ -172,18 +292,23 @@ NEEDS: dict[str, Needs] = {
     "device": Needs(lambda c: True, "device", modules=(("rctclient", "rctclient"),)),
     "prometheus": Needs(lambda c: c.prometheus.enable, "prometheus.enable",
                         modules=(("prometheus_client", "prometheus-client"), ("h11", "h11")),
-                        checks=(_prometheus_tls, _secret_files("prometheus"))),
+                        checks=(_prometheus_tls, _secret_files("prometheus")),
+                        clashes=(_metrics_port_in_use,)),
     "influxdb": Needs(lambda c: c.influxdb.enable, "influxdb.enable",
                       modules=(("influxdb_client", "influxdb-client"),),
-                      checks=(_spool_directory, _secret_files("influxdb"))),
+                      checks=(_spool_directory, _secret_files("influxdb")),
+                      clashes=(_spool_in_use,)),
     "mqtt": Needs(lambda c: c.mqtt.enable, "mqtt.enable",
                   modules=(("paho.mqtt.client", "paho-mqtt"),),
                   checks=(_mqtt_tls, _secret_files("mqtt"))),
 }
 
 
-def run(config: Config, environ: Mapping[str, str], emit: Callable[[str, str], None]) -> None:
-    """Check every enabled part; emit ("begin", key) before each part and ("problem", line) for each problem."""
+def run(config: Config, environ: Mapping[str, str], emit: Callable[[str, str], None], clashes: bool = False) -> None:
+    """Check every enabled part; emit ("begin", key) before each part and ("problem", line) for each problem.
+
+    With `clashes`, also check that no other process holds what the parts need (the `clashes` of NEEDS).
+    """
     for needs in NEEDS.values():
         if not needs.enabled(config):
             continue
@@ -194,7 +319,7 @@ def run(config: Config, environ: Mapping[str, str], emit: Callable[[str, str], N
             except BaseException as exc:  # noqa: BLE001 - any failure of an import is the answer
                 why = f"{type(exc).__name__}: {exc}"
                 emit("problem", f"{needs.key}: cannot import {module} ({why[:300]}); install {distribution}")
-        for check in needs.checks:
+        for check in needs.checks + (needs.clashes if clashes else ()):
             try:
                 for problem in check(config, environ):
                     emit("problem", problem)

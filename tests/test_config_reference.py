@@ -21,7 +21,7 @@ DOC = os.path.join(REPO, "docs", "configuration.md")
 EXAMPLE = os.path.join(REPO, "config.example.yml")
 #: A table row of the reference: | `dotted.key` | `default as YAML` | meaning |
 ROW = re.compile(r"^\|\s*`(?P<key>[a-z_]+(?:\.[a-z_]+)*)`\s*\|\s*(?P<default>[^|]*?)\s*\|")
-NOT_KEYS = {"warnings"}  # Config fields that are not configuration keys
+NOT_KEYS = cfg.NOT_KEYS  # Config fields that are not configuration keys
 
 
 def config_keys(obj: Any = None, prefix: str = "") -> dict[str, Any]:

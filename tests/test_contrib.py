@@ -1,5 +1,5 @@
-"""contrib/: the systemd unit, the Prometheus alert rules and the Grafana dashboard, checked with the real tools
-(systemd-analyze, systemd-sysusers, promtool) and against the metric names rctmon exposes."""
+"""contrib/: the systemd units, the Prometheus alert rules and scrape example and the Grafana dashboard, checked with
+the real tools (systemd-analyze, systemd-sysusers, promtool) and against the metric names rctmon exposes."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ from support import REPO, require_binary
 
 CONTRIB = os.path.join(REPO, "contrib")
 UNIT = os.path.join(CONTRIB, "systemd", "rctmon.service")
+TEMPLATE = os.path.join(CONTRIB, "systemd", "rctmon@.service")
+#: Each unit file, and the name its copy is verified under (a template is verified as one of its instances).
+UNITS = {UNIT: "rctmon.service", TEMPLATE: "rctmon@garage.service"}
 SYSUSERS = os.path.join(CONTRIB, "systemd", "sysusers.d", "rctmon.conf")
 RULES = os.path.join(CONTRIB, "prometheus", "rctmon-alerts.yml")
 RULE_TESTS = os.path.join(CONTRIB, "prometheus", "rctmon-alerts.test.yml")
+SCRAPE = os.path.join(CONTRIB, "prometheus", "rctmon-scrape.yml")
 DASHBOARD = os.path.join(CONTRIB, "grafana", "rctmon.json")
 OPERATIONS = os.path.join(REPO, "docs", "operations.md")
 ARCHITECTURE = os.path.join(REPO, "docs", "architecture.md")
@@ -119,15 +123,15 @@ def unit_settings(path: str = UNIT) -> dict[str, list[str]]:
     return settings
 
 
-def unit_copy(tmp_path, text_edit=lambda text: text) -> str:
+def unit_copy(tmp_path, text_edit=lambda text: text, unit: str = UNIT) -> str:
     """Copy the unit with ExecStart pointed at this interpreter's rctmon (systemd-analyze wants it to exist)."""
     script = os.path.join(os.path.dirname(sys.executable), "rctmon")
     binary = script if os.access(script, os.X_OK) else "/bin/true"
-    with open(UNIT, encoding="utf-8") as f:
+    with open(unit, encoding="utf-8") as f:
         text = f.read()
     assert "ExecStart=/opt/rctmon/bin/rctmon " in text
     text = text_edit(text.replace("ExecStart=/opt/rctmon/bin/rctmon ", f"ExecStart={binary} "))
-    path = tmp_path / "rctmon.service"
+    path = tmp_path / UNITS[unit]
     path.write_text(text, encoding="utf-8")
     return str(path)
 
@@ -137,57 +141,54 @@ def verify_problems(path: str) -> list[str]:
     analyze = require_binary("systemd-analyze")
     result = run([analyze, "verify", "--man=no", path], cwd=os.path.dirname(path))
     lines = (result.stdout + result.stderr).splitlines()
-    problems = [line for line in lines if "rctmon.service" in line]
+    problems = [line for line in lines if os.path.basename(path) in line]
     if result.returncode != 0 and not problems:
         problems = lines or [f"exit status {result.returncode}"]
     return problems
 
 
 @pytest.mark.timeout(30)
-def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
-    assert verify_problems(unit_copy(tmp_path)) == []
+@pytest.mark.parametrize("unit", UNITS)
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path, unit):
+    assert verify_problems(unit_copy(tmp_path, unit=unit)) == []
 
 
 @pytest.mark.timeout(30)
-def test_systemd_analyze_verify_would_report_a_problem(tmp_path):
+@pytest.mark.parametrize("unit", UNITS)
+def test_systemd_analyze_verify_would_report_a_problem(tmp_path, unit):
     """The filter above is not vacuous: a misspelt setting in the unit is reported."""
-    path = unit_copy(tmp_path, lambda text: text.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"))
+    path = unit_copy(tmp_path, lambda text: text.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"), unit)
     assert any("NoNewPrivilege" in line for line in verify_problems(path))
 
 
 @pytest.mark.timeout(30)
-def test_unit_hardening_keeps_a_low_exposure_score(tmp_path):
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_hardening_keeps_a_low_exposure_score(tmp_path, unit):
     """systemd-analyze security rates the sandbox 0 (locked down) to 10 (none); fail if it gets worse than 2.0."""
     analyze = require_binary("systemd-analyze")
-    result = run([analyze, "security", "--offline=yes", "--threshold=20", unit_copy(tmp_path)])
+    result = run([analyze, "security", "--offline=yes", "--threshold=20", unit_copy(tmp_path, unit=unit)])
     if "unrecognized option" in result.stderr:
         pytest.skip("systemd-analyze security --offline needs systemd 250 or newer")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    assert "Overall exposure level for rctmon.service" in result.stdout
+    assert f"Overall exposure level for {UNITS[unit]}" in result.stdout
 
 
-def test_unit_runs_the_daemon_the_documented_way():
-    s = unit_settings()
-    one = {key: values[-1] for key, values in s.items()}
-    assert one["Type"] == "notify" and one["NotifyAccess"] == "main"
-    assert one["ExecStart"] == "/opt/rctmon/bin/rctmon -c /etc/rctmon.yml daemon"
-    assert int(one["WatchdogSec"]) == 30  # the supervisor pings every WATCHDOG_USEC / 2
-    assert one["Restart"] == "on-failure" and "RestartSec" in one
-    assert one["RestartPreventExitStatus"] == "2"  # rctmon's exit status for an invalid configuration
-    assert one["User"] == "rctmon" and one["StateDirectory"] == "rctmon"
-    assert one["KillMode"] == "mixed"
-    assert int(one["TimeoutStopSec"]) > 10  # the daemon itself stops within 10 s
-    assert set(one["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}  # socketpairs
-    assert one["CapabilityBoundingSet"] == ""
-    for key in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectHome", "ProtectKernelTunables",
-                "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "RestrictNamespaces",
-                "LockPersonality", "MemoryDenyWriteExecute"):
-        assert one[key] == "yes", key
-    assert one["ProtectSystem"] == "strict"
-    assert "@system-service" in s["SystemCallFilter"]
-    # Children are forked by the supervisor and must be able to set their parent-death signal.
-    assert not any("@process" in v and v.startswith("~") for v in s["SystemCallFilter"])
-    assert "PrivateNetwork" not in one and "IPAddressDeny" not in one
+#: What the template unit changes of the single unit: the instance's name, file, state and log identifier.
+TEMPLATE_CHANGES = {
+    "Description": "rctmon %i: RCT Power inverter monitor (Prometheus, InfluxDB, MQTT)",
+    "ExecStart": "/opt/rctmon/bin/rctmon -c /etc/rctmon/%i.yml daemon",
+    "StateDirectory": "rctmon/%i",
+    "WorkingDirectory": "/var/lib/rctmon/%i",
+    "SyslogIdentifier": "rctmon-%i",
+}
+
+
+def test_the_template_unit_is_the_single_unit_per_instance():
+    """Every other setting, the hardening included, is the single unit's: the template is as locked down."""
+    single, template = unit_settings(UNIT), unit_settings(TEMPLATE)
+    assert {key: values[-1] for key, values in template.items() if key in TEMPLATE_CHANGES} == TEMPLATE_CHANGES
+    assert {k: v for k, v in template.items() if k not in TEMPLATE_CHANGES} == \
+        {k: v for k, v in single.items() if k not in TEMPLATE_CHANGES}
 
 
 @pytest.mark.timeout(30)
@@ -270,6 +271,24 @@ def test_promtool_test_rules():
     assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.timeout(30)
+def test_promtool_checks_the_scrape_example_with_the_rules(tmp_path):
+    promtool = require_binary("promtool")
+    result = run([promtool, "check", "config", SCRAPE])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout + result.stderr
+
+
+def test_the_scrape_example_has_one_rctmon_job_with_a_target_per_daemon():
+    with open(SCRAPE, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "rctmon"  # RctmonDown matches on it
+    targets = [t for group in job["static_configs"] for t in group["targets"]]
+    assert len(targets) == len(set(targets)) >= 2
+    assert config["rule_files"] == [os.path.basename(RULES)]
+
+
 def test_every_alert_is_tested_firing_and_not_firing():
     with open(RULE_TESTS, encoding="utf-8") as f:
         tests = yaml.safe_load(f)["tests"]
@@ -340,10 +359,45 @@ def dashboard_queries(board: dict) -> list[tuple[str, str]]:
             m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query.strip())
             assert m, f"variable {variable['name']}: unexpected query {query}"
             selector, label = m.groups()
-            queries.append((f"variable {variable['name']}", selector))
-            metric = re.match(r"[a-zA-Z_:][\w:]*", selector).group(0)
-            assert label in exposed_metrics().get(metric, ()), f"variable {variable['name']}: no label {label}"
+            where = f"variable {variable['name']}"
+            names, matchers = name_selector(selector)
+            if not names:  # an ordinary selector: metric{labels}
+                queries.append((where, selector))
+                names = [re.match(r"[a-zA-Z_:][\w:]*", selector).group(0)]
+            else:  # {__name__=~"a|b", ...}: a matcher on a label only some of them have matches its absence too
+                queries.extend((where, name) for name in names)
+                for matched in matchers:
+                    assert any(matched in exposed_metrics().get(name, ()) for name in names), f"{where}: {matched}"
+            assert any(label in exposed_metrics().get(name, ()) for name in names), f"{where}: no label {label}"
     return queries
+
+
+def name_selector(selector: str) -> tuple[list[str], set[str]]:
+    """Return the metric names and matched labels of `{__name__=~"a|b", x="y"}`; ([], set()) for any other."""
+    m = re.fullmatch(r'\{\s*__name__\s*=~\s*"([\w:|]+)"\s*,?\s*(.*)\}', selector.strip())
+    if not m:
+        return [], set()
+    names, rest = m.groups()
+    return names.split("|"), set(_MATCHER.findall(_STRING.sub('""', rest)))
+
+
+def test_name_selectors_are_taken_apart():
+    assert name_selector('{__name__=~"a|b_c", inverter=~"${x:regex}"}') == (["a", "b_c"], {"inverter"})
+    assert name_selector('up{job="x"}') == ([], set())
+
+
+def test_picking_an_inverter_picks_its_rctmon():
+    """With several inverters (one daemon each) the dashboard is driven by one choice: the inverter, by name.
+
+    The inverter variable lists every inverter; the rctmon variable (the target, for the health panels) lists
+    the target that exposes the inverter picked, or every target while none exposes inverter values. A real
+    Prometheus answers these queries in tests/test_several_inverters.py.
+    """
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert [v["name"] for v in dashboard()["templating"]["list"]] == ["inverter", "instance"]  # in this order
+    assert "$inverter" not in variables["inverter"]["definition"]
+    assert 'inverter=~"${inverter:regex}"' in variables["instance"]["definition"]
+    assert "rctmon_build_info" in variables["instance"]["definition"]  # no exposition: every target
 
 
 def test_dashboard_queries_only_metrics_rctmon_exposes():
@@ -412,8 +466,21 @@ def test_operations_doc_names_the_files_it_installs():
         text = f.read()
     for path in ("contrib/systemd/rctmon.service", "contrib/systemd/sysusers.d/rctmon.conf",
                  "contrib/prometheus/rctmon-alerts.yml", "contrib/grafana/rctmon.json", "--frame-debug",
-                 "/opt/rctmon", "/etc/rctmon.yml", "/var/lib/rctmon"):
+                 "/opt/rctmon", "/etc/rctmon.yml", "/var/lib/rctmon", "contrib/systemd/rctmon@.service",
+                 "contrib/prometheus/rctmon-scrape.yml", "/etc/rctmon/garage.yml", "/var/lib/rctmon/garage"):
         assert path in text, path
+    assert "## Several inverters" in text
+
+
+def test_docs_and_contrib_point_at_no_other_project():
+    """The docs and units once linked the older project's repository for this one's docs and downloads."""
+    found = []
+    for top in ("README.md", "docs", "contrib", "config.example.yml"):
+        for path in [os.path.join(REPO, top)] if top.endswith((".md", ".yml")) else [
+                os.path.join(d, name) for d, _, names in os.walk(os.path.join(REPO, top)) for name in names]:
+            with open(path, encoding="utf-8") as f:
+                found += [f"{os.path.relpath(path, REPO)}: {line.strip()}" for line in f if "svalouch" in line]
+    assert found == []
 
 
 def test_links_between_the_operations_docs_point_at_existing_sections():

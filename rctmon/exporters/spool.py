@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from collections.abc import Iterator, Mapping, Sequence
 
+from rctmon import statedir
 from rctmon.config import InfluxDBConfig
 from rctmon.messages import Reading
 
@@ -96,21 +97,26 @@ class _Damaged(Exception):
 
 
 def default_path(environ: Mapping[str, str] | None = None) -> Path:
-    """Return where the spool lives when `influxdb.spool_path` is empty.
+    """Return where the spool lives when `influxdb.spool_path` is empty: in the state root (`rctmon.statedir`).
 
-    $STATE_DIRECTORY is what systemd's StateDirectory= sets (the first entry if it lists several); otherwise the
-    XDG state directory of the user.
+    That is $STATE_DIRECTORY (what systemd's StateDirectory= sets; the first entry if it lists several), otherwise
+    the XDG state directory of the user. A configuration loaded from a file whose instance keeps its state in a
+    directory of its own has `influxdb.spool_path` set to it already (`rctmon.config.DERIVED`).
     """
-    env = os.environ if environ is None else environ
-    state = env.get("STATE_DIRECTORY", "").split(":")[0]
-    if state:
-        return Path(state) / FILE_NAME
-    return Path.home() / ".local" / "state" / "rctmon" / FILE_NAME
+    return statedir.state_root(environ) / FILE_NAME
 
 
-def spool_path(config: InfluxDBConfig, environ: Mapping[str, str] | None = None) -> Path:
-    """Return the spool file configured, or the default one."""
-    return Path(config.spool_path).expanduser() if config.spool_path else default_path(environ)
+def spool_path(config: InfluxDBConfig, environ: Mapping[str, str] | None = None, adopt: bool = True) -> Path:
+    """Return the spool file configured, or the default one.
+
+    With `adopt` (what the influxdb child wants before it opens the spool), a spool in an instance's directory that
+    does not exist yet first takes over the one an earlier rctmon kept in the state root, so an upgrade loses no
+    point (`rctmon.statedir.adopt_earlier`). Checks that must change nothing pass `adopt=False`.
+    """
+    path = Path(config.spool_path).expanduser() if config.spool_path else default_path(environ)
+    if adopt:
+        statedir.adopt_earlier(path, environ)
+    return path
 
 
 def _result_code(exc: BaseException) -> int | None:
