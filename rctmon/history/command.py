@@ -164,7 +164,7 @@ class _Influx:
         from rctmon.exporters.spool import Spool, spool_path
 
         settings = config.influxdb
-        self.path = spool_path(settings).with_name(HISTORY_SPOOL)
+        self.path = spool_path(settings, adopt=False).with_name(HISTORY_SPOOL)
         self.spool = Spool(self.path, settings.spool_max_points)
         self.url = settings.url
         self.drainer = Drainer(self.spool, lambda: InfluxSender(settings), settings, StatsBox())
@@ -346,7 +346,7 @@ def history_command(config: Config, args: argparse.Namespace, out: TextIO | None
         if plan.output is None:
             from rctmon.exporters.spool import spool_path
 
-            path = spool_path(config.influxdb).with_name(HISTORY_SPOOL)
+            path = spool_path(config.influxdb, adopt=False).with_name(HISTORY_SPOOL)
             print(f"\nrctmon history: interrupted; points not yet in InfluxDB stay in {path} and go first with the "
                   "next `rctmon history`", file=err)
         else:
