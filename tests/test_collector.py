@@ -25,7 +25,7 @@ from rctclient.frame import ReceiveFrame, make_frame
 from rctclient.registry import REGISTRY
 from rctclient.types import Command
 
-from rctmon.catalog import SERIES_BY_ID, enabled_series
+from rctmon.catalog import ELEMENTS, OBJECTS, enabled_series
 from rctmon.channel import Channel
 import rctmon.collector as collector_package
 from rctmon.collector.connection import InverterConnection, ReadOnlyLink
@@ -139,8 +139,9 @@ def assert_values_were_sent(sim: SimulatorThread, readings: list[tuple[int, Any,
     sent: dict[int, list] = {}
     for object_id, value, _ in readings:
         if object_id not in sent:
-            sent[object_id] = sim.sent_values(object_id)
-        assert value in sent[object_id], (SERIES_BY_ID[object_id].object_name, value)
+            elements = ELEMENTS.get(RESPONSE_TYPES[object_id])  # readings carry cells as plain tuples
+            sent[object_id] = [elements.records(v) if elements else v for v in sim.sent_values(object_id)]
+        assert value in sent[object_id], (OBJECTS[object_id][0].object_name, value)
 
 
 # --- read-only by construction -------------------------------------------------------------------------------------
@@ -483,7 +484,7 @@ def test_collector_discovers_first_then_polls_every_enabled_series_in_batches(
     assert sink.of("status")[0] == (True, f"connected to 127.0.0.1:{sim.port}")
     assert sink.of("inventory") == [expected]
     readings = sink.readings_flat
-    assert {object_id for object_id, _, _ in readings} <= set(SERIES_BY_ID)
+    assert {object_id for object_id, _, _ in readings} <= set(OBJECTS)
     assert len(sink.of("readings")) * 5 < len(readings)  # batches per burst, not per reading
     assert_values_were_sent(sim, readings)
     assert all(isinstance(ns, int) and ns > 1.6e18 for _, _, ns in readings)

@@ -23,17 +23,16 @@ import binascii
 import bisect
 import heapq
 import logging
-import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable
 from collections.abc import Container, Mapping
 
 from rctclient.registry import REGISTRY
 from rctclient.types import Command, DataType
 from rctclient.utils import decode_value
 
-from rctmon.catalog import ABSURD_MAGNITUDE
+from rctmon.catalog import ELEMENTS, rejected
 
 frame_log = logging.getLogger("rctmon.frames")
 
@@ -487,15 +486,15 @@ class Invalid:
 INVALID = Invalid()
 #: rctclient's decoder, typed for a data type known only at run time (its overloads want a literal type).
 _decode_value: Callable[[DataType, bytes], object] = decode_value  # type: ignore[assignment]
-Value = Union[bool, int, float, str]
-
-
-def _check_number(value: float) -> bool:
-    return math.isfinite(value) and abs(value) <= ABSURD_MAGNITUDE
 
 
 class Decoder:
-    """Decode answer payloads by the object's registry type; count and drop payloads that make no sense."""
+    """Decode answer payloads by the object's registry type; count and drop payloads that make no sense.
+
+    Objects with one record per element (a module's cells) become plain tuples (`catalog.Elements`). Whether a
+    value makes sense is the catalog's decision (`catalog.rejected`): a single value it refuses is dropped; a
+    reading of many values is kept for the values that make sense, and counted once if some do not.
+    """
 
     def __init__(self, errors: dict[str, int] | None = None,
                  types: Mapping[int, DataType] = RESPONSE_TYPES) -> None:
@@ -511,15 +510,16 @@ class Decoder:
         if data_type is None:
             self._count(UNKNOWN_OBJECT)
             return INVALID
+        elements = ELEMENTS.get(data_type)
         try:
             value = _decode_value(data_type, payload)
+            if elements is not None:  # a payload of the wrong length raises ValueError in rctclient
+                value = elements.records(value)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - struct.error, UnicodeDecodeError, asserts in rctclient's table decoders
             self._count(BAD_PAYLOAD)
             return INVALID
-        if isinstance(value, float) and not _check_number(value):
+        if rejected(object_id, value):
             self._count(ABSURD_VALUE)
-            return INVALID
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > ABSURD_MAGNITUDE:
-            self._count(ABSURD_VALUE)
-            return INVALID
+            if elements is None:
+                return INVALID
         return value

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Any, TextIO, TypeVar
-from collections.abc import Awaitable, Sequence
+from typing import Any, Callable, TextIO, TypeVar
+from collections.abc import Awaitable, Mapping, Sequence
 
 from rctclient.registry import REGISTRY
 
-from rctmon.catalog import SERIES, SERIES_BY_ID, Kind, Series, enabled_series
+from rctmon.catalog import CELL, OBJECTS, SERIES, Kind, Series, enabled_objects, enabled_series
 from rctmon.collector.connection import InverterConnection, LinkDown, open_connection
 from rctmon.collector.discovery import INVENTORY_IDS, NoAnswer, discover
 from rctmon.collector.framer import INVALID, Decoder, Frame
@@ -28,19 +28,6 @@ T = TypeVar("T")
 
 #: Rounds (each: `request_timeout` x attempts) the name may take to answer before the inverter counts as mute.
 NAME_ROUNDS = 2
-
-#: Prometheus base unit in a metric name -> (unit shown to people, factor from the base unit).
-DISPLAY_UNITS: tuple[tuple[str, str, float], ...] = (
-    ("_watts", "W", 1.0),
-    ("_volts", "V", 1.0),
-    ("_amperes", "A", 1.0),
-    ("_hertz", "Hz", 1.0),
-    ("_celsius", "°C", 1.0),
-    ("_joules", "kWh", 1.0 / 3.6e6),
-    ("_coulombs", "Ah", 1.0 / 3600.0),
-    ("_ratio", "%", 100.0),
-)
-
 
 class Unreachable(Exception):
     """The inverter could not be reached or did not answer; the message is the reason."""
@@ -108,7 +95,7 @@ async def _inventory(config: Config) -> tuple[Inventory, list[Series], _Session]
         except NoAnswer as exc:
             raise Unreachable(f"connected, but {exc}") from exc
         series = list(enabled_series(inventory))
-        await session.until_closed(session.poller.read([s.object_id for s in series]))
+        await session.until_closed(session.poller.read(enabled_objects(inventory)))
     finally:
         session.close()
     return inventory, series, session
@@ -125,16 +112,28 @@ async def _read(config: Config, object_ids: Sequence[int]) -> _Session:
     return session
 
 
-def _display(series: Series, raw: object) -> str:
-    """Return a value as a person reads it: converted like the exporters do, in a familiar unit."""
-    value = series.convert(raw)
+def _number(value: object, decimals: int | None = None) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
-    name = series.metric[: -len("_total")] if series.metric.endswith("_total") else series.metric
-    for suffix, unit, factor in DISPLAY_UNITS:
-        if name.endswith(suffix):
-            return f"{value * factor:.6g} {unit}"
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _display(series: Series, raw: object) -> str:
+    """Return a value as a person reads it: in the unit the catalog shows people, or why there is none."""
+    samples = series.display_samples(raw)
+    if not samples:
+        return "(implausible value)"
+    unit = series.row.display_unit
+    symbol = f" {unit.symbol}" if unit is not None else ""
+    if series.row.per_element:
+        values = [v for _, v in samples]
+        decimals = unit.precision if unit is not None else None
+        return (f"{len(values)} cells, {_number(min(values), decimals)} to {_number(max(values), decimals)}{symbol}"
+                " (table below)")
+    value = samples[0][1]
+    return _number(value) + ("" if isinstance(value, str) else symbol)
 
 
 def _labels(series: Series) -> str:
@@ -152,8 +151,9 @@ def _print_inventory(out: TextIO, address: str, inventory: Inventory) -> None:
         ("Software", inventory.software_version or "?"),
         ("Parameter file", inventory.parameter_file or "?"),
         ("Generators", ", ".join(g.upper() for g in inventory.generators) or "none"),
-        ("Battery", f"{inventory.battery_modules} modules" if inventory.battery else "none"),
+        ("Battery", inventory.describe_battery()),
         ("Power Switch", "present" if inventory.power_switch else "none"),
+        ("External", "generator on the S0 input" if inventory.external_generator else "none"),
         ("Inventory", "complete" if inventory.complete else "incomplete (some objects did not answer)"),
     )
     for key, value in rows:
@@ -164,6 +164,48 @@ def _table(out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]]) ->
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
     for row in (header, *rows):
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+
+
+#: Cells worth pointing out in a module's cell table: (catalog field, which extreme, note).
+CELL_MARKS: tuple[tuple[str, Callable[..., Any], str], ...] = (
+    ("voltage", min, "lowest voltage"),
+    ("resistance", max, "highest resistance"),
+)
+
+
+def _cell_tables(out: TextIO, series: Sequence[Series], values: Mapping[int, object]) -> None:
+    """Print a table of every cell per battery module (one column per catalog row that yields a value per cell)."""
+    columns_by_module: dict[int, list[Series]] = {}
+    for s in series:
+        if s.row.per_element and s.index is not None:
+            columns_by_module.setdefault(s.index, []).append(s)
+    for module, columns in sorted(columns_by_module.items()):
+        shown = [dict(s.display_samples(values[s.object_id])) if s.object_id in values else {} for s in columns]
+        keys = [labels for labels in columns[0].element_labels]
+        notes: dict[int, list[str]] = {}
+        for field, extreme, note in CELL_MARKS:
+            for column, by_labels in zip(columns, shown):
+                if column.row.field == field and by_labels:
+                    labels = extreme(by_labels, key=by_labels.__getitem__)
+                    notes.setdefault(keys.index(labels), []).append(note)
+        header = ["CELL"] + [f"{c.row.field.upper()} ({_symbol(c)})" for c in columns] + ["NOTE"]
+        rows = []
+        for i, labels in enumerate(keys):
+            cells = [_number(by_labels[labels], _decimals(c)) if labels in by_labels else "-"
+                     for c, by_labels in zip(columns, shown)]
+            rows.append([CELL.values[i]] + cells + [", ".join(notes.get(i, []))])
+        out.write(f"\nBattery module {module}:\n")
+        _table(out, header, rows)
+
+
+def _symbol(series: Series) -> str:
+    unit = series.row.display_unit
+    return unit.symbol if unit else ""
+
+
+def _decimals(series: Series) -> int | None:
+    unit = series.row.display_unit
+    return unit.precision if unit else None
 
 
 def _summary(stats: CollectorStats) -> str:
@@ -196,6 +238,7 @@ def inventory_command(config: Config, frame_debug: bool = False, out: TextIO | N
              _display(s, session.values[s.object_id]) if s.object_id in session.values else "(no answer)")
             for s in series]
     _table(out, ("OBJECT", "METRIC", "LABELS", "VALUE"), rows)
+    _cell_tables(out, series, session.values)
     missing = sum(1 for s in series if s.object_id not in session.values)
     out.write(f"\n{len(series) - missing} of {len(series)} enabled catalog series answered; "
               f"{_summary(session.stats)}\n")
@@ -222,13 +265,14 @@ def read_command(config: Config, names: Sequence[str], frame_debug: bool = False
     rows = []
     for info in infos:
         value = session.values.get(info.object_id, INVALID)
-        series = SERIES_BY_ID.get(info.object_id)
+        series = OBJECTS.get(info.object_id, ())
         if value is INVALID:
-            shown = "(no answer)"
-        elif series is not None:  # the catalog knows its real unit (the registry calls a 0..1 ratio "%")
-            shown = _display(series, value)
+            rows.append((info.name, "(no answer)"))
+        elif series:  # the catalog knows its real unit (the registry calls a 0..1 ratio "%")
+            rows += [(info.name, _display(s, value) if len(series) == 1 else f"{s.row.field}: {_display(s, value)}")
+                     for s in series]
         else:
-            shown = f"{value} {info.unit or ''}".rstrip()
-        rows.append((info.name, shown))
+            rows.append((info.name, f"{value} {info.unit or ''}".rstrip()))
     _table(out, ("OBJECT", "VALUE"), rows)
+    _cell_tables(out, [s for info in infos for s in OBJECTS.get(info.object_id, ())], session.values)
     return 0 if all(info.object_id in session.values for info in infos) else 1

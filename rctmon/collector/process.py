@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any, Protocol
 
-from rctmon.catalog import SERIES_BY_ID, Tier, enabled_series
+from rctmon.catalog import OBJECTS, Tier, enabled_series
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.collector.connection import (RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX, InverterConnection, LinkDown,
                                          Silence, describe, open_connection, reconnect_policy)
@@ -29,7 +29,7 @@ log = logging.getLogger("rctmon.collector")
 #: Readings wait at most this long for the rest of their burst before they are sent as one batch.
 FLUSH_DELAY = 0.15
 #: Every object whose answers the collector decodes: catalog series and inventory objects.
-TRACKED_IDS: frozenset[int] = frozenset(SERIES_BY_ID) | frozenset(INVENTORY_IDS)
+TRACKED_IDS: frozenset[int] = frozenset(OBJECTS) | frozenset(INVENTORY_IDS)
 #: How long the process waits at exit for the channel to take its last messages.
 DRAIN_TIMEOUT = 0.5
 
@@ -131,7 +131,7 @@ class Collector:
             if object_id not in TRACKED_IDS:
                 continue
             value = decode(object_id, payload)
-            if value is not INVALID and object_id in SERIES_BY_ID:
+            if value is not INVALID and object_id in OBJECTS:
                 pending.append((object_id, value, arrived_ns))  # type: ignore[arg-type]
                 readings += 1
             poller.resolve(object_id, value, now)  # may flush when this answer completes a burst

@@ -585,8 +585,8 @@ class TierClock:
 
 
 def ids_by_tier(series: Iterable[Series]) -> dict[Tier, tuple[int, ...]]:
-    """Group series' object ids by tier, keeping catalog order."""
-    groups: dict[Tier, list[int]] = {tier: [] for tier in Tier}
+    """Group series' object ids by tier, keeping catalog order; an object several series read is asked once."""
+    groups: dict[Tier, dict[int, None]] = {tier: {} for tier in Tier}
     for s in series:
-        groups[s.tier].append(s.object_id)
+        groups[s.tier][s.object_id] = None
     return {tier: tuple(ids) for tier, ids in groups.items()}

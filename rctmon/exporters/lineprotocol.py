@@ -1,17 +1,23 @@
 """Readings -> InfluxDB line protocol, with the schema taken from the catalog.
 
-One reading becomes one line:
+A reading of one value becomes one line:
 
     grid_phase,inverter=PS\\ 6.0,phase=2 power=-512.5 1732492800123456789
 
 - measurement: `Row.measurement` (one per subsystem: inverter, generator, grid, ...)
-- tags: `inverter` (the inverter's name) plus the series labels (generator, phase, module, sensor, word), sorted
-  by key as InfluxDB prefers
-- one field: `Row.field`, typed from the rctclient data type of the object so that a field never changes type
-  (InfluxDB refuses a point whose field type differs from what the shard already holds): float for FLOAT objects
-  and for integer objects that are scaled into a base unit, integer (`i` suffix) for the other integer objects,
-  boolean, and string
+- tags: `inverter` (the inverter's name) plus the series labels (generator, phase, module, cell, sensor, pole,
+  word), sorted by key as InfluxDB prefers
+- field: `Row.field`, typed from the rctclient data type of the object so that a field never changes type
+  (InfluxDB refuses a point whose field type differs from what the shard already holds): float for FLOAT objects,
+  for integer objects that are scaled into a base unit and for cell values, integer (`i` suffix) for the other
+  integer objects, boolean, and string
+- value: in the base unit, as `catalog.Series.samples` gives it; values the catalog finds implausible are dropped
+  and counted, like values of the wrong type
 - timestamp: the reading's own epoch nanoseconds (when its frame arrived), never the time of writing
+
+A reading of a module's cells becomes one line per cell with every field taken from that object
+(`battery_cell,cell=3,inverter=...,module=0 temperature=25.0,voltage=3.318 ...`) and one line of the module's
+summaries (`battery_module,... cell_voltage_max=...,cell_voltage_min=...,cell_voltage_spread=...`).
 
 The lines are what the spool stores, so draining the spool is a join and a POST, nothing more.
 """
@@ -19,13 +25,12 @@ The lines are what the spool stores, so draining the spool is a join and a POST,
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 from collections.abc import Iterable
 
 from rctclient.types import DataType
 
-from rctmon.catalog import ABSURD_MAGNITUDE, SERIES_BY_ID, Series
+from rctmon.catalog import OBJECTS, SERIES, Labels, Series
 from rctmon.inventory import Inventory
 from rctmon.messages import Reading
 
@@ -47,6 +52,8 @@ class FieldType(enum.Enum):
 
 def field_type(series: Series) -> FieldType | None:
     """Return the InfluxDB type of a series' field, or None for object types rctmon does not export."""
+    if series.elements is not None:
+        return FieldType.FLOAT  # cell values are measurements, whatever width the inverter sends them in
     data_type = series.data_type
     if data_type is DataType.FLOAT:
         return FieldType.FLOAT
@@ -88,99 +95,108 @@ def _escape_string(text: str) -> str:
 
 
 def format_value(kind: FieldType, value: object) -> str | None:
-    """Return a converted value as a line-protocol field value, or None if it cannot be one (NaN, absurd, type)."""
-    try:
-        if kind is FieldType.FLOAT or kind is FieldType.INTEGER:
-            if not isinstance(value, (int, float)):  # bool is an int: True -> 1
-                return None
-            if not math.isfinite(value) or abs(value) > ABSURD_MAGNITUDE:
-                return None
-            if kind is FieldType.FLOAT:
-                return repr(float(value))
-            if isinstance(value, float) and not value.is_integer():
-                return None
-            return f"{int(value)}i"
-        if kind is FieldType.BOOLEAN:
-            return "true" if value else "false"
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        return _escape_string(str(value))
-    except (TypeError, ValueError, OverflowError):
-        return None
+    """Return a plausible value (catalog.plausible) as a field value of its type, or None if it cannot be one.
+
+    What is plausible is the catalog's decision; what is left here is the type: a fraction where the field holds
+    integers, or a string where it holds numbers, cannot be written.
+    """
+    if kind is FieldType.FLOAT or kind is FieldType.INTEGER:
+        if not isinstance(value, (int, float)):  # bool is an int: True -> 1
+            return None
+        if kind is FieldType.FLOAT:
+            return repr(float(value))
+        if isinstance(value, float) and not value.is_integer():
+            return None
+        return f"{int(value)}i"
+    if kind is FieldType.BOOLEAN:
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return _escape_string(str(value))
 
 
 @dataclass(frozen=True)
-class _Template:
-    prefix: bytes  # "measurement,tags field="
-    kind: FieldType
+class _Field:
     series: Series
+    kind: FieldType
+    key: str  # "field="
+    counted: bool  # its dropped values count as invalid (a summary's do not: its cells were counted)
 
 
 class LineEncoder:
-    """Turn readings into line-protocol lines for one inverter name; per-object templates are built once."""
+    """Turn readings into line-protocol lines for one inverter name; per-object fields are looked up once.
+
+    A reading of one value is one line. A reading of a module's cells is one line per cell, carrying every field
+    the catalog takes from that object (`battery_cell,...,cell=3 temperature=25.0,voltage=3.318`), plus one line
+    of the module's summaries.
+    """
 
     def __init__(self, inverter: str) -> None:
         self.inverter = inverter
-        self._templates: dict[int, _Template | None] = {}
+        self._fields: dict[int, tuple[_Field, ...]] = {}
+        self._prefixes: dict[tuple[str, Labels], str] = {}
         self.unknown = 0  # readings of objects the catalog does not export (inventory probes): not points
-        self.invalid = 0  # readings whose value cannot be a field (NaN, absurd, wrong type): dropped, counted
+        self.invalid = 0  # values that cannot be a field (implausible, wrong type): dropped, counted
 
-    def _template(self, object_id: int) -> _Template | None:
-        if object_id in self._templates:
-            return self._templates[object_id]
-        series = SERIES_BY_ID.get(object_id)
-        template = None
-        if series is not None:
-            kind = field_type(series)
-            if kind is not None:
-                template = _Template(line_prefix(series, self.inverter).encode("utf-8"), kind, series)
-        self._templates[object_id] = template
-        return template
+    def _fields_of(self, object_id: int) -> tuple[_Field, ...]:
+        fields = self._fields.get(object_id)
+        if fields is None:
+            fields = tuple(_Field(s, kind, _escape_key(s.row.field) + "=", s.row.summary is None)
+                           for s in OBJECTS.get(object_id, ()) if (kind := field_type(s)) is not None)
+            self._fields[object_id] = fields
+        return fields
 
-    def encode(self, reading: Reading) -> bytes | None:
-        """Return the line for one reading, or None (counted in `unknown` or `invalid`)."""
+    def _prefix(self, measurement: str, labels: Labels) -> str:
+        key = (measurement, labels)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            prefix = self._prefixes[key] = line_prefix(measurement, labels, self.inverter)
+        return prefix
+
+    def encode(self, reading: Reading) -> list[bytes]:
+        """Return the lines of one reading (none: counted in `unknown` or `invalid`)."""
         object_id, raw, timestamp_ns = reading
-        template = self._template(object_id)
-        if template is None:
+        fields = self._fields_of(object_id)
+        if not fields:
             self.unknown += 1
-            return None
-        value = format_value(template.kind, template.series.convert(raw))
-        if value is None:
-            self.invalid += 1
-            return None
-        return template.prefix + f"{value} {int(timestamp_ns)}".encode()
+            return []
+        lines: dict[str, list[str]] = {}
+        for f in fields:
+            samples = f.series.samples(raw)
+            if f.counted:
+                self.invalid += len(f.series.sample_labels) - len(samples)
+            for labels, value in samples:
+                text = format_value(f.kind, value)
+                if text is None:
+                    self.invalid += 1
+                    continue
+                lines.setdefault(self._prefix(f.series.row.measurement, labels), []).append(f.key + text)
+        stamp = f" {int(timestamp_ns)}"
+        return [(prefix + ",".join(values) + stamp).encode() for prefix, values in lines.items()]
 
     def encode_all(self, readings: Iterable[Reading]) -> list[bytes]:
         """Return the lines of the readings that make points, in order."""
-        lines = []
+        lines: list[bytes] = []
         for reading in readings:
-            line = self.encode(reading)
-            if line is not None:
-                lines.append(line)
+            lines += self.encode(reading)
         return lines
 
 
-def line_prefix(series: Series, inverter: str) -> str:
-    """Return "measurement,tag=value,... field=" for a series on the named inverter."""
-    tags = sorted((("inverter", inverter),) + series.labels)
+def line_prefix(measurement: str, labels: Labels, inverter: str) -> str:
+    """Return "measurement,tag=value,... " for a sample with these labels on the named inverter."""
+    tags = sorted((("inverter", inverter),) + labels)
     tag_text = "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in tags)
-    return f"{_escape_key(series.row.measurement)}{tag_text} {_escape_key(series.row.field)}="
+    return f"{_escape_key(measurement)}{tag_text} "
 
 
 #: Object ids whose readings become points (the others, e.g. inventory probes, are not part of the schema).
-EXPORTED_IDS = frozenset(oid for oid, series in SERIES_BY_ID.items() if field_type(series) is not None)
-
-
-_UNITS = (("_watts", "W"), ("_volts", "V"), ("_amperes", "A"), ("_hertz", "Hz"), ("_celsius", "°C"),
-          ("_joules", "J"), ("_coulombs", "C"), ("_ratio", "0..1"))
+EXPORTED_IDS = frozenset(oid for oid, series in OBJECTS.items() if any(field_type(s) is not None for s in series))
 
 
 def unit(series: Series) -> str:
     """Return the unit of a series' field (the base unit its Prometheus name declares), or "" for none."""
-    name = series.row.metric
-    for suffix in ("_total", "_info"):
-        name = name[: -len(suffix)] if name.endswith(suffix) else name
-    return next((symbol for suffix, symbol in _UNITS if name.endswith(suffix)), "")
+    base = series.row.unit
+    return base.symbol if base else ""
 
 
 @dataclass(frozen=True)
@@ -200,13 +216,13 @@ def schema() -> list[SchemaRow]:
     """Return every field rctmon writes, in catalog order (one entry per catalog row)."""
     rows: list[SchemaRow] = []
     seen = set()
-    for series in SERIES_BY_ID.values():
+    for series in SERIES:
         row = series.row
         kind = field_type(series)
         if (row.measurement, row.field) in seen or kind is None:
             continue
         seen.add((row.measurement, row.field))
-        tags = tuple(sorted(("inverter",) + tuple(k for k, _ in series.labels)))
+        tags = tuple(sorted(("inverter",) + series.label_names))
         rows.append(SchemaRow(row.measurement, row.field, kind, unit(series), tags, row.needs.value,
                               row.object_name))
     return rows

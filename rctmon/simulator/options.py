@@ -61,7 +61,8 @@ class SimulatorOptions:
         """Return the inventory a collector should discover on this simulator (all of it, serial included)."""
         return Inventory(name=self.name, serial=serial_for(self.name), software_version=SOFTWARE_VERSION,
                          parameter_file=PARAMETER_FILE, generators=GENERATOR_NAMES[:self.generators],
-                         battery_modules=self.battery_modules, power_switch=self.power_switch, complete=True)
+                         battery_modules=self.battery_modules, power_switch=self.power_switch,
+                         external_generator=self.external_generator, complete=True)
 
 
 def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
