@@ -312,7 +312,11 @@ def json_error(status: int, message: str) -> Answer:
 def test_lines_carry_measurement_tags_typed_field_and_the_reading_timestamp() -> None:
     encoder = lineprotocol.LineEncoder("Haus Süd, WR=1")
     name = SERIES_BY_NAME
-    encode: Callable[[Any], bytes] = encoder.encode  # type: ignore[assignment]
+
+    def encode(reading: Any) -> bytes:
+        (line,) = encoder.encode(reading)  # a reading of one value is one line
+        return line
+
     assert encode((name["g_sync.u_l_rms[2]"].object_id, 231.5, 17)) == (
         "grid_phase,inverter=Haus\\ Süd\\,\\ WR\\=1,phase=3 voltage=231.5 17".encode())
     assert encode((name["prim_sm.state"].object_id, 4, 18)).endswith(b" state=4i 18")

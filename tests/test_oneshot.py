@@ -138,3 +138,48 @@ def test_read_prints_the_named_objects(full_simulator: SimulatorThread) -> None:
 def test_read_refuses_unknown_names(full_simulator: SimulatorThread, capsys: pytest.CaptureFixture) -> None:
     assert read_command(config_for(full_simulator.port), ["no.such.object"]) == 2
     assert "unknown object 'no.such.object'" in capsys.readouterr().err
+
+
+def cell_tables(text: str) -> dict[int, list[list[str]]]:
+    """Return the rows of each module's cell table in `rctmon inventory` output, by module."""
+    tables: dict[int, list[list[str]]] = {}
+    module = None
+    for line in text.splitlines():
+        if line.startswith("Battery module "):
+            module = int(line.split()[2].rstrip(":"))
+            tables[module] = []
+        elif module is not None and line[:1].isdigit():
+            tables[module].append(line.split(None, 4))
+        elif not line.strip():
+            module = None
+    return tables
+
+
+def test_inventory_shows_every_cell_of_every_module_and_marks_the_lowest(full_simulator: SimulatorThread) -> None:
+    out = io.StringIO()
+    assert inventory_command(config_for(full_simulator.port), out=out) == 0
+    text = out.getvalue()
+    assert "CELL  VOLTAGE (V)  TEMPERATURE (°C)  RESISTANCE (mΩ)  NOTE" in text
+    tables = cell_tables(text)
+    assert sorted(tables) == [0, 1, 2]
+    for rows in tables.values():
+        assert [row[0] for row in rows] == [str(c) for c in range(24)]
+        volts = [float(row[1]) for row in rows]
+        marked = [i for i, row in enumerate(rows) if len(row) > 4 and "lowest voltage" in row[4]]
+        assert len(marked) == 1 and volts[marked[0]] == min(volts)
+        assert all(3.0 < v < 3.6 and 1.0 < float(row[3]) < 4.0 for v, row in zip(volts, rows))
+    lines = {line.split()[0]: line for line in text.splitlines() if line.split()}
+    assert "External:       none" in text
+    assert " mV" in [line for line in text.splitlines() if "cell_voltage_spread" in line][0]
+    assert lines["iso_struct.Riso"].rstrip().endswith(" kΩ")
+
+
+def test_inventory_names_the_external_generator_and_module_slots() -> None:
+    options = SimulatorOptions(generators=1, battery_modules=1, power_switch=False, external_generator=True)
+    with SimulatorThread(options) as sim:
+        out = io.StringIO()
+        assert inventory_command(config_for(sim.port), out=out) == 0
+    text = out.getvalue()
+    assert "External:       generator on the S0 input" in text
+    assert "Battery:        1 module\n" in text
+    assert "io_board.s0_external_power" in text and "rctmon_external_energy_joules_total" in text
