@@ -18,8 +18,10 @@ from typing import Union
 from rctmon.inventory import Inventory
 
 Value = Union[float, int, bool, str]
+#: The value of an object with one record per element (a module's cells, catalog.Elements): a tuple per cell.
+Records = tuple[tuple[float, ...], ...]
 #: (object id, decoded value as the inverter sent it, epoch nanoseconds when the answer's frame arrived)
-Reading = tuple[int, Value, int]
+Reading = tuple[int, Union[Value, Records], int]
 
 #: Upper bounds (seconds) of the response-time histogram the collector keeps; the exporter adds +Inf.
 RESPONSE_BUCKETS: tuple[float, ...] = (0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)

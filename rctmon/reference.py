@@ -166,6 +166,31 @@ def older_markdown(objects: Iterable[tuple[str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
+# --- docs/mqtt.md: topics and Home Assistant entities --------------------------------------------------------------
+
+
+def _topic_pattern(row: Row, series: Series) -> str:
+    parts = (row.measurement, f"<{row.axis.label}>" if row.axis else None,
+             f"<{series.elements.axis.label}>" if row.per_element and series.elements else None, row.field)
+    return "/".join(p for p in parts if p)
+
+
+def topics_markdown() -> str:
+    """Return the table of docs/mqtt.md: every topic (one per catalog row, with its indexes) and its entity."""
+    from rctmon.exporters import homeassistant as ha
+
+    out = ["| topic below the prefix | unit | Home Assistant entity (the first) | device | device_class | "
+           "state_class | enabled |", "|---|---|---|---|---|---|---|"]
+    for row in catalog.ROWS:
+        series = next(s for s in catalog.SERIES if s.row is row)
+        unit = row.display_unit
+        device = ha.DEVICES[ha.PLACEMENTS.get(row.measurement, ha.Placement("inverter", "")).device].model
+        out.append(f"| `{_topic_pattern(row, series)}` | {unit.symbol if unit else ''} | "
+                   f"{ha.entity_name(series, series.sample_labels[0])} | {device} | {row.device_class or ''} | "
+                   f"{row.state_class or ''} | {'no' if row.per_element else 'yes'} |")
+    return "\n".join(out) + "\n"
+
+
 # --- rewriting the pages -------------------------------------------------------------------------------------------
 
 
@@ -196,6 +221,7 @@ def sections() -> dict[tuple[str, str], Callable[[], str]]:
         ("docs/metrics.md", "catalog"): metrics_markdown,
         ("docs/metrics.md", "older"): lambda: older_markdown(older_objects()),
         ("docs/influxdb.md", "schema"): lineprotocol.schema_markdown,
+        ("docs/mqtt.md", "topics"): topics_markdown,
     }
 
 

@@ -174,9 +174,9 @@ def test_discovery_availability_values_and_clean_stop(broker, children, recorder
     late.wait_last(f"{PREFIX}/generator/a/power", "1234.5")
     assert late.retained[f"{PREFIX}/generator/a/power"] and late.retained[f"{PREFIX}/availability"]
 
-    enabled = catalog.enabled_series(INVENTORY)
-    wait_for(lambda: len(recorder.topics(lambda t: t.startswith("homeassistant/sensor/"))) == len(enabled), 10,
-             message="one discovery config per enabled series")
+    enabled = sum(len(s.sample_labels) for s in catalog.enabled_series(INVENTORY))  # a module's cells: one each
+    wait_for(lambda: len(recorder.topics(lambda t: t.startswith("homeassistant/sensor/"))) == enabled, 10,
+             message="one discovery config per value of every enabled series")
     configs = {t: json.loads(recorder.last(t) or "") for t in recorder.topics(lambda t: t.startswith("homeassistant/"))}
     for topic, config in configs.items():
         assert topic.startswith(f"homeassistant/sensor/{NODE}/") and topic.endswith("/config"), topic
@@ -203,7 +203,7 @@ def test_discovery_availability_values_and_clean_stop(broker, children, recorder
     since = len(child.received)
     hb = child.wait_heartbeat(True, since)
     assert hb.process == "mqtt" and hb.pid == child.process.pid and hb.rss_bytes > 0
-    assert hb.stats.messages_published >= len(SAMPLES) + len(enabled) and hb.stats.publish_errors == 0  # type: ignore
+    assert hb.stats.messages_published >= len(SAMPLES) + enabled and hb.stats.publish_errors == 0  # type: ignore
 
     assert child.stop() < 2.0
     assert child.process.exitcode == 0
@@ -357,8 +357,8 @@ def test_payloads_are_plain_numbers_without_float32_noise(value, text):
 
 def test_absurd_readings_are_not_published():
     series = catalog.SERIES_BY_NAME["g_sync.p_ac_sum_lp"]
-    assert mqtt.payload_for(series, 1e30) is None
-    assert mqtt.payload_for(series, 1500.0) == "1500"
+    assert mqtt.payloads(series, 1e30) == []
+    assert mqtt.payloads(series, 1500.0) == [((), "1500")]
 
 
 def test_a_value_goes_out_when_it_changes_or_its_interval_has_passed():
@@ -382,24 +382,26 @@ def test_a_value_goes_out_when_it_changes_or_its_interval_has_passed():
 
 
 def test_every_series_has_its_own_topic_and_discovery_ids():
-    paths = [mqtt.value_path(s) for s in catalog.SERIES]
+    paths = [mqtt.value_path(s, labels) for s in catalog.SERIES for labels in s.sample_labels]
     assert len(paths) == len(set(paths))
     assert all(p == p.lower() and " " not in p and "+" not in p and "#" not in p for p in paths)
-    ids = [ha.object_id(s) for s in catalog.SERIES]
+    ids = [ha.object_id(s, labels) for s in catalog.SERIES for labels in s.sample_labels]
     assert len(ids) == len(set(ids))
     assert mqtt.value_path(catalog.SERIES_BY_NAME["dc_conv.dc_conv_struct[1].p_dc_lp"]) == "generator/b/power"
 
 
 def test_discovery_configs_follow_home_assistant_rules():
-    configs = ha.discovery_configs(INVENTORY, "homeassistant", lambda s: f"{PREFIX}/{mqtt.value_path(s)}",
+    configs = ha.discovery_configs(INVENTORY, "homeassistant",
+                                   lambda s, labels: f"{PREFIX}/{mqtt.value_path(s, labels)}",
                                    f"{PREFIX}/availability", INTERVALS, {})
     payloads = {t: json.loads(p) for t, p in configs.items()}
     assert len({p["unique_id"] for p in payloads.values()}) == len(payloads)
     assert len({p["state_topic"] for p in payloads.values()}) == len(payloads)
     energy_units = {"Wh", "kWh", "MWh"}  # what every Home Assistant release accepts for device_class energy
-    for series in catalog.enabled_series(INVENTORY):
-        p = payloads[f"homeassistant/sensor/{NODE}/{ha.object_id(series)}/config"]
+    for series, labels in [(s, labels) for s in catalog.enabled_series(INVENTORY) for labels in s.sample_labels]:
+        p = payloads[f"homeassistant/sensor/{NODE}/{ha.object_id(series, labels)}/config"]
         assert p["name"] and p["name"][0].isupper()
+        assert p.get("enabled_by_default", True) is not series.row.per_element  # cells: announced, not enabled
         if series.row.kind is catalog.Kind.COUNTER or p.get("device_class") == "energy":
             assert p["state_class"] == "total_increasing", p
         if p.get("device_class") == "energy":

@@ -42,7 +42,8 @@ pytestmark = pytest.mark.timeout(30)
 
 _FORK = multiprocessing.get_context("fork")
 INVENTORY = Inventory(name="Garage", serial="SN123", software_version="1.2", parameter_file="p.bin",
-                      generators=("a", "b"), battery_modules=3, power_switch=True, complete=True)
+                      generators=("a", "b"), battery_modules=3, power_switch=True, external_generator=True,
+                      complete=True)
 #: Raw values (as the inverter sends them) for the series the tests look at by name.
 RAW: dict[str, object] = {
     "dc_conv.dc_conv_struct[0].p_dc_lp": 1234.5,
@@ -54,6 +55,8 @@ RAW: dict[str, object] = {
     "battery.module_sn[1]": "MOD-1",
     "g_sync.u_l_rms[2]": 231.5,
 }
+#: What a cell's record holds, as the inverter sends it (millivolts, degrees, milliohms), for cell 0.
+CELL_RAW: dict[str, float] = {"voltage_mv": 3300, "temperature_c": 20, "resistance_mohm": 1.5}
 #: The only promtool lint the catalog still draws; the catalog owner was asked to rename the metric.
 KNOWN_CATALOG_LINTS: tuple = ()  # promtool findings on catalog names we accept; none at present
 
@@ -62,12 +65,15 @@ def raw_value(series: catalog.Series) -> object:
     """Return a plausible raw value for any series, by its data type."""
     if series.object_name in RAW:
         return RAW[series.object_name]
+    if series.elements is not None:  # a module's cells, one record each (as the collector hands them on)
+        return tuple(tuple(CELL_RAW[field] + c for field in series.elements.fields) for c in range(24))
     if series.data_type is DataType.STRING:
         return f"text {series.object_name}"
     if series.data_type is DataType.BOOL:
         return False
     if series.data_type is DataType.FLOAT:
-        return 42.25
+        unit = series.row.unit
+        return 0.4225 if unit is not None and unit.word == "ratio" else 42.25  # a ratio of 42 is no reading
     return 7
 
 

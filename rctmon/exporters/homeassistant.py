@@ -1,8 +1,11 @@
 """Home Assistant MQTT discovery: the retained config messages that make rctmon's values appear with no YAML.
 
-One config per catalog series the inverter has, under `<discovery_prefix>/sensor/<node_id>/<object_id>/config`.
-The inverter is one device; each battery module and the Power Switch are devices of their own, linked to the
-inverter through `via_device`, so Home Assistant's device page shows the installation as it is wired.
+One config per value of a catalog series the inverter has, under
+`<discovery_prefix>/sensor/<node_id>/<object_id>/config`. The inverter is one device; each battery module and the
+Power Switch are devices of their own, linked to the inverter through `via_device`, so Home Assistant's device page
+shows the installation as it is wired. A module's cells are entities of the module, announced but disabled by
+default: seven modules of 24 cells would otherwise flood the entity list, and the module's lowest, highest and
+spread of cell voltages, which are enabled, say when a cell is worth a look.
 
 This module only builds payloads (plain dicts and JSON text); the mqtt process decides when to publish them.
 """
@@ -16,7 +19,7 @@ from typing import Any, Callable
 from collections.abc import Mapping
 
 from rctmon import __version__
-from rctmon.catalog import Kind, Series, Tier, enabled_series
+from rctmon.catalog import Kind, Labels, Series, Tier, enabled_series
 from rctmon.inventory import Inventory
 
 MANUFACTURER = "RCT Power"
@@ -67,6 +70,8 @@ PLACEMENTS: Mapping[str, Placement] = {
     "household_phase": Placement("inverter", "household"),
     "battery": Placement("inverter", "battery"),
     "battery_module": Placement("battery_module", ""),
+    "battery_cell": Placement("battery_module", ""),
+    "external": Placement("inverter", "external generator"),
     "power_switch": Placement("power_switch", ""),
     "power_switch_phase": Placement("power_switch", ""),
 }
@@ -79,6 +84,8 @@ AXIS_NAMES: Mapping[str | None, str] = {
     "module": "{field}",
     "word": "{field} word {v}",
 }
+#: How an element (a cell) enters an entity name, after the axis: `Cell 5 voltage`.
+ELEMENT_NAMES: Mapping[str, str] = {"cell": "cell {v} {name}"}
 #: Words spelled in capitals in entity names.
 _ACRONYMS: Mapping[str, str] = {"ac": "AC", "dc": "DC", "mpp": "MPP"}
 
@@ -99,19 +106,30 @@ def axis_value(series: Series) -> str | None:
     return dict(series.labels)[axis.label] if axis else None
 
 
-def object_id(series: Series) -> str:
-    """Return the series' id within its inverter, e.g. `generator_a_power`."""
-    parts = (series.row.measurement, axis_value(series), series.row.field)
+def element_value(series: Series, labels: Labels) -> str | None:
+    """Return the element's label value (the cell, "5") of one of a series' samples, or None for a single value."""
+    if series.elements is None or not series.row.per_element:
+        return None
+    return dict(labels).get(series.elements.axis.label)
+
+
+def object_id(series: Series, labels: Labels | None = None) -> str:
+    """Return the id of one of the series' values within its inverter, e.g. `battery_cell_0_5_voltage`."""
+    element = element_value(series, series.labels if labels is None else labels)
+    parts = (series.row.measurement, axis_value(series), element, series.row.field)
     return safe_id("_".join(p for p in parts if p))
 
 
-def entity_name(series: Series) -> str:
+def entity_name(series: Series, labels: Labels | None = None) -> str:
     """Return the entity's name without its device's name (Home Assistant puts that in front)."""
     row = series.row
     field = " ".join(_ACRONYMS.get(w, w) for w in row.field.split("_"))
     value = axis_value(series) or ""
     template = AXIS_NAMES.get(row.axis.label if row.axis else None, "{field} {v}")
     name = template.format(field=field, v=value, V=value.upper())
+    element = element_value(series, series.labels if labels is None else labels)
+    if element is not None and series.elements is not None:
+        name = ELEMENT_NAMES.get(series.elements.axis.label, "{v} {name}").format(v=element, name=name)
     prefix = PLACEMENTS.get(row.measurement, Placement("inverter", row.measurement.replace("_", " "))).prefix
     name = f"{prefix} {name}" if prefix else name
     return name[:1].upper() + name[1:]
@@ -146,12 +164,13 @@ def device(series: Series, inventory: Inventory, details: Mapping[str, object]) 
 
 
 def sensor_config(series: Series, inventory: Inventory, state_topic: str, availability_topic: str,
-                  intervals: Mapping[Tier, float], details: Mapping[str, object]) -> dict[str, Any]:
-    """Return the discovery payload of one series as a dict (see docs/mqtt.md for an example)."""
+                  intervals: Mapping[Tier, float], details: Mapping[str, object],
+                  labels: Labels | None = None) -> dict[str, Any]:
+    """Return the discovery payload of one value of a series as a dict (see docs/mqtt.md for an example)."""
     row, nid = series.row, node_id(inventory)
     config: dict[str, Any] = {
-        "name": entity_name(series),
-        "unique_id": f"{nid}_{object_id(series)}",
+        "name": entity_name(series, labels),
+        "unique_id": f"{nid}_{object_id(series, labels)}",
         "state_topic": state_topic,
         "availability_topic": availability_topic,
         "payload_available": ONLINE,
@@ -168,21 +187,24 @@ def sensor_config(series: Series, inventory: Inventory, state_topic: str, availa
         "entity_category": "diagnostic" if row.kind is Kind.INFO else None,
         "expire_after": (int(EXPIRE_AFTER_INTERVALS * intervals[row.tier])
                          if row.tier is not Tier.STATIC and row.tier in intervals else None),
+        "enabled_by_default": False if row.per_element else None,
     }
     config.update({k: v for k, v in optional.items() if v is not None})
     return config
 
 
-def discovery_configs(inventory: Inventory, discovery_prefix: str, state_topic: Callable[[Series], str],
+def discovery_configs(inventory: Inventory, discovery_prefix: str, state_topic: Callable[[Series, Labels], str],
                       availability_topic: str, intervals: Mapping[Tier, float],
                       details: Mapping[str, object]) -> dict[str, str]:
-    """Return {config topic: JSON payload} for every series this inverter has."""
+    """Return {config topic: JSON payload} for every value of every series this inverter has."""
     nid = node_id(inventory)
     configs: dict[str, str] = {}
     for series in enabled_series(inventory):
-        topic = f"{discovery_prefix}/sensor/{nid}/{object_id(series)}/config"
-        payload = sensor_config(series, inventory, state_topic(series), availability_topic, intervals, details)
-        configs[topic] = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+        for labels in series.sample_labels:
+            topic = f"{discovery_prefix}/sensor/{nid}/{object_id(series, labels)}/config"
+            payload = sensor_config(series, inventory, state_topic(series, labels), availability_topic, intervals,
+                                    details, labels)
+            configs[topic] = json.dumps(payload, sort_keys=True, ensure_ascii=False)
     return configs
 
 

@@ -33,7 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from rctmon import proc
-from rctmon.catalog import ABSURD_MAGNITUDE, SERIES_BY_ID, Series, Tier
+from rctmon.catalog import OBJECTS, Labels, Series, Tier
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config, MqttConfig
 from rctmon.exporters import homeassistant as ha
@@ -70,9 +70,11 @@ def default_prefix(inventory: Inventory) -> str | None:
     return "rctmon/" + topic_level(ident) if ident else None
 
 
-def value_path(series: Series) -> str:
-    """Return the series' topic below the prefix: `<measurement>[/<axis value>]/<field>`, e.g. `generator/a/power`."""
-    parts = (series.row.measurement, ha.axis_value(series), series.row.field)
+def value_path(series: Series, labels: Labels | None = None) -> str:
+    """Return the topic of one of the series' values below the prefix: `<measurement>[/<axis value>][/<cell>]/<field>`,
+    e.g. `generator/a/power`, `battery_cell/0/5/voltage`."""
+    element = ha.element_value(series, series.labels if labels is None else labels)
+    parts = (series.row.measurement, ha.axis_value(series), element, series.row.field)
     return "/".join(p for p in parts if p)
 
 
@@ -95,22 +97,34 @@ def format_value(value: object) -> str | None:
     return "0" if text == "-0" else text
 
 
-def payload_for(series: Series, raw: object) -> str | None:
-    """Return the payload for a raw reading of `series`, or None when it is no number anyone should see."""
-    if isinstance(raw, float) and (not math.isfinite(raw) or abs(raw) > ABSURD_MAGNITUDE):
-        return None
-    return format_value(series.display(raw))
+def payloads(series: Series, raw: object) -> list[tuple[Labels, str]]:
+    """Return (labels, payload) of every value a reading yields for `series` (catalog.Series.display_samples:
+    display units, implausible values left out)."""
+    out = []
+    for labels, value in series.display_samples(raw):
+        text = format_value(value)
+        if text is not None:
+            out.append((labels, text))
+    return out
+
+
+Key = tuple[Series, Labels]
 
 
 @dataclass
 class Latest:
-    """The latest value of one series and what was last published of it."""
+    """The latest value of one series (one of its cells) and what was last published of it."""
 
     series: Series
     text: str
     taken_ns: int
+    labels: Labels = ()
     sent_text: str | None = None
     sent_at: float = -math.inf
+
+    @property
+    def key(self) -> Key:
+        return self.series, self.labels
 
 
 class LatestValues:
@@ -118,30 +132,31 @@ class LatestValues:
 
     def __init__(self, intervals: Mapping[Tier, float]) -> None:
         self._refresh = {tier: REFRESH_FRACTION * seconds for tier, seconds in intervals.items()}
-        self._latest: dict[int, Latest] = {}
-        self._due: dict[int, None] = {}  # insertion-ordered set of object ids
+        self._latest: dict[Key, Latest] = {}
+        self._due: dict[Key, None] = {}  # insertion-ordered set
 
     def __len__(self) -> int:
         return len(self._latest)
 
-    def update(self, series: Series, text: str, taken_ns: int, now: float) -> bool:
+    def update(self, series: Series, text: str, taken_ns: int, now: float, labels: Labels | None = None) -> bool:
         """Record a reading; return False when it is older than the value already held."""
-        entry = self._latest.get(series.object_id)
+        key = (series, series.labels if labels is None else labels)
+        entry = self._latest.get(key)
         if entry is None:
-            entry = self._latest[series.object_id] = Latest(series, text, taken_ns)
+            entry = self._latest[key] = Latest(series, text, taken_ns, key[1])
         elif taken_ns < entry.taken_ns:
             return False
         entry.text, entry.taken_ns = text, taken_ns
         if entry.text != entry.sent_text or now - entry.sent_at >= self._refresh.get(series.tier, 0.0):
-            self._due[series.object_id] = None
+            self._due[key] = None
         return True
 
     def due(self) -> list[Latest]:
-        return [self._latest[oid] for oid in self._due]
+        return [self._latest[key] for key in self._due]
 
     def sent(self, entry: Latest, now: float) -> None:
         entry.sent_text, entry.sent_at = entry.text, now
-        self._due.pop(entry.series.object_id, None)
+        self._due.pop(entry.key, None)
 
     def all_due(self) -> None:
         """Mark every value for publishing again (after a reconnect, or when Home Assistant restarted)."""
@@ -279,7 +294,7 @@ class MqttExporter:
         self.connected = False
         self.publish_errors = 0
         self._published_by_closed_links = 0
-        self._topics: dict[int, str] = {}
+        self._topics: dict[Key, str] = {}
         self._availability_sent: str | None = None
         self._details: dict[str, str] = {}  # object name -> value, for device blocks (serials, versions)
         self._discovery_wanted: dict[str, str] = {}
@@ -345,13 +360,13 @@ class MqttExporter:
         now = time.monotonic()
         details_changed = False
         for object_id, raw, taken_ns in batch.readings:
-            series = SERIES_BY_ID.get(object_id)
-            text = payload_for(series, raw) if series is not None else None
-            if series is None or text is None or not self.values.update(series, text, taken_ns, now):
-                continue
-            if ha.is_detail(series) and self._details.get(series.object_name) != text:
-                self._details[series.object_name] = text
-                details_changed = True
+            for series in OBJECTS.get(object_id, ()):
+                for labels, text in payloads(series, raw):
+                    if not self.values.update(series, text, taken_ns, now, labels):
+                        continue
+                    if ha.is_detail(series) and self._details.get(series.object_name) != text:
+                        self._details[series.object_name] = text
+                        details_changed = True
         if details_changed:
             self._refresh_discovery()
         self.channel.send(Ack(batch.seq))  # in the cache is handled: MQTT only ever carries the latest value
@@ -414,9 +429,9 @@ class MqttExporter:
             return
         now = time.monotonic()
         for entry in self.values.due():
-            topic = self._topics.get(entry.series.object_id)
+            topic = self._topics.get(entry.key)
             if topic is None:
-                topic = self._topics[entry.series.object_id] = f"{self.prefix}/{value_path(entry.series)}"
+                topic = self._topics[entry.key] = f"{self.prefix}/{value_path(entry.series, entry.labels)}"
             if not self._publish(topic, entry.text, self.cfg.retain):
                 return  # connection lost meanwhile: everything goes out again after the reconnect
             self.values.sent(entry, now)
@@ -433,7 +448,7 @@ class MqttExporter:
             return
         prefix = self.prefix
         self._discovery_wanted = ha.discovery_configs(
-            self.inventory, self.cfg.discovery_prefix, lambda s: f"{prefix}/{value_path(s)}",
+            self.inventory, self.cfg.discovery_prefix, lambda s, labels: f"{prefix}/{value_path(s, labels)}",
             self._availability_topic(), self.intervals, self._details)
         self._sync_discovery(force=False)
 

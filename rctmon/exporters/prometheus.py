@@ -24,7 +24,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.registry import CollectorRegistry
 
 from rctmon import __version__, catalog
-from rctmon.catalog import Kind, Series, Tier
+from rctmon.catalog import Kind, Sample, Series, Tier
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config, Intervals
 from rctmon.exporters import http
@@ -38,15 +38,13 @@ log = logging.getLogger("rctmon.prometheus")
 
 PROCESS = "prometheus"
 STALE_AFTER_INTERVALS = 3  # a value not refreshed for this many intervals of its tier is no longer exposed
-#: Units Prometheus names end with; an OpenMetrics scrape gets them as `# UNIT` lines.
-BASE_UNITS = ("seconds", "bytes", "watts", "volts", "amperes", "hertz", "celsius", "joules", "coulombs", "ratio")
 
 
 @functools.cache
 def unit_of(name: str) -> str:
-    """Return the base unit a metric name ends with ("" for none), ignoring `_total`."""
-    stem = name[:-len("_total")] if name.endswith("_total") else name
-    return next((unit for unit in BASE_UNITS if stem.endswith("_" + unit)), "")
+    """Return the base unit a metric name ends with ("" for none), for the `# UNIT` line of OpenMetrics."""
+    unit = catalog.unit_of(name)
+    return unit.word if unit else ""
 
 
 # --- state shared by the message loop and the HTTP threads ----------------------------------------------------------
@@ -54,9 +52,10 @@ def unit_of(name: str) -> str:
 
 @dataclass
 class Cached:
-    """The latest reading of one series, converted, with when it was taken and when it arrived here."""
+    """The latest reading of one object: what each of its series makes of it (catalog.Series.samples: base units,
+    implausible values left out), with when it was taken and when it arrived here."""
 
-    value: Value
+    samples: dict[Series, list[Sample]]
     taken_ns: int  # epoch ns when the inverter's answer arrived at the collector
     arrived: float  # monotonic seconds: guards against the wall clock jumping back
 
@@ -83,17 +82,17 @@ class State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_batch(self, batch: ReadingBatch) -> None:
-        """Keep the newest reading per known series; ignore ids the catalog does not declare."""
+        """Keep the newest reading per known object; ignore ids the catalog does not declare."""
         arrived = time.monotonic()
         with self.lock:
             for object_id, raw, taken_ns in batch.readings:
-                series = catalog.SERIES_BY_ID.get(object_id)
+                series = catalog.OBJECTS.get(object_id)
                 if series is None:
                     continue
                 old = self.values.get(object_id)
                 if old is not None and old.taken_ns > taken_ns:
                     continue  # a replayed older batch must not overwrite a newer value
-                self.values[object_id] = Cached(series.convert(raw), taken_ns, arrived)  # type: ignore[arg-type]
+                self.values[object_id] = Cached({s: s.samples(raw) for s in series}, taken_ns, arrived)
             self.generation += 1
 
     def set_health(self, health: Health) -> None:
@@ -279,7 +278,7 @@ def _families() -> tuple[Family, ...]:
     for name, rows in catalog.metric_families().items():
         series = tuple(s for s in catalog.SERIES if s.metric == name)
         tiers = tuple(sorted({r.tier for r in rows}, key=list(Tier).index))
-        label_names = ("inverter",) + tuple(k for k, _ in series[0].labels)
+        label_names = ("inverter",) + series[0].label_names
         families.append(Family(name, rows[0].kind, rows[0].help, tiers, series, label_names))
     return tuple(families)
 
@@ -346,9 +345,9 @@ def inverter_families(values: Mapping[int, Cached], inverter: str, helps: Mappin
         metric = _NUMERIC_FAMILIES[family.kind](family.name, help_text, labels=family.label_names,
                                                 unit=unit_of(family.name))
         for series, cached in fresh:
-            if isinstance(cached.value, str):
-                continue  # strings belong in _info metrics only
-            metric.add_metric((inverter,) + tuple(v for _, v in series.labels), float(cached.value))
+            for labels, value in cached.samples[series]:
+                if not isinstance(value, str):  # strings belong in _info metrics only
+                    metric.add_metric((inverter,) + tuple(v for _, v in labels), float(value))
         if metric.samples:
             yield metric
 
@@ -362,12 +361,12 @@ _NUMERIC_FAMILIES: dict[Kind, Callable[..., NumericFamily]] = {
 def _info_family(family: Family, help_text: str, inverter: str, fresh: Iterable[tuple[Series, Cached]]) -> Metric:
     grouped: dict[tuple[str, ...], dict[str, str]] = {}
     for series, cached in fresh:
-        key = (inverter,) + tuple(v for _, v in series.labels)
-        grouped.setdefault(key, {})[series.row.field] = _info_text(cached.value)
+        for labels, value in cached.samples[series]:
+            grouped.setdefault((inverter,) + tuple(v for _, v in labels), {})[series.row.field] = _info_text(value)
     # InfoMetricFamily appends `_info` to the samples itself.
     metric = InfoMetricFamily(family.name[:-len("_info")], help_text, labels=family.label_names)
-    for labels, info in grouped.items():
-        metric.add_metric(labels, info)
+    for label_values, info in grouped.items():
+        metric.add_metric(label_values, info)
     return metric
 
 
