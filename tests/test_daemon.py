@@ -119,9 +119,9 @@ def missing_series(samples: Samples) -> list[str]:
                 labelled = [labels for name, labels in present if name == metric]
                 ok = any(dict(labels).get(series.row.field) is not None and
                          all(dict(labels).get(k) == v for k, v in series.labels) for labels in labelled)
-            else:
-                labels = tuple(sorted((("inverter", SIM.name),) + series.labels))
-                ok = (metric, labels) in present
+            else:  # a module's cells: a sample per cell
+                ok = all((metric, tuple(sorted((("inverter", SIM.name),) + labels))) in present
+                         for labels in series.sample_labels)
             if not ok:
                 missing.append(f"{metric}{dict(series.labels)}")
     return missing

@@ -60,7 +60,8 @@ def raw_value(series: Series, n: int) -> Any:
         return f"text {n}"
     if kind is lineprotocol.FieldType.INTEGER:
         return n % 1000
-    return -(n * 1.5) if series.row.magnitude else n * 1.5
+    value = (n % 50) * 1.5  # within every unit's sane range (a core at 150 degC is no reading)
+    return -value if series.row.magnitude else value
 
 
 class Readings:
