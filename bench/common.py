@@ -171,8 +171,11 @@ def rctmon(*args: str) -> list[str]:
 # --- the simulator, victoria-metrics, the daemon ----------------------------------------------------------------------
 
 
-#: The simulated installation every benchmark reads: two generators, a battery of three modules, a Power Switch.
-SIMULATOR = SimulatorOptions(generators=2, battery_modules=3, power_switch=True)
+#: The simulated installation every benchmark reads: the largest an RCT Power inverter takes, so that every figure
+#: holds for any installation: two generators, a battery of seven modules (168 cells), a Power Switch and an
+#: external generator. RCTMON_BENCH_MODULES=3 measures a smaller battery.
+SIMULATOR = SimulatorOptions(generators=2, battery_modules=int(os.environ.get("RCTMON_BENCH_MODULES", "7")),
+                             power_switch=True, external_generator=True)
 
 
 def start_simulator(procs: Processes, latency_ms: float = 60.0, drop_rate: float = 0.0, seed: int | None = None,
@@ -182,6 +185,8 @@ def start_simulator(procs: Processes, latency_ms: float = 60.0, drop_rate: float
     argv = rctmon("simulator", "--host", HOST, "--port", str(port), "--name", SIMULATOR.name,
                   "--generators", str(SIMULATOR.generators), "--battery-modules", str(SIMULATOR.battery_modules),
                   "--latency-ms", f"{latency_ms:g}", "--drop-rate", f"{drop_rate:g}")
+    if SIMULATOR.external_generator:
+        argv.append("--external-generator")
     if seed is not None:
         argv += ["--seed", str(seed)]
     proc = procs.start(argv, log_name)
@@ -308,14 +313,11 @@ class Completeness:
             by_name.setdefault(name, []).append(labels)
         missing = []
         for s in self.series:
-            want = frozenset(s.labels)
-            found = False
-            for labels in by_name.get(s.metric, ()):
-                if want <= labels and (s.row.kind is not Kind.INFO or any(k == s.row.field for k, _ in labels)):
-                    found = True
+            for want in map(frozenset, s.sample_labels):  # a module's cells: every cell
+                if not any(want <= labels and (s.row.kind is not Kind.INFO or any(k == s.row.field for k, _ in labels))
+                           for labels in by_name.get(s.metric, ())):
+                    missing.append(s)
                     break
-            if not found:
-                missing.append(s)
         return missing
 
 

@@ -23,6 +23,7 @@ not know, or a field its records do not have, fails here rather than at run time
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Union
@@ -217,12 +218,12 @@ class Row:
     display_unit_override: DisplayUnit | None = None  # how people see it, where the unit's default does not fit
     limits: tuple[float, float] | None = None  # the sane range, where the unit's default does not fit
 
-    @property
+    @functools.cached_property
     def unit(self) -> Unit | None:
         """Return the base unit the metric name ends with, or None for plain numbers, states and strings."""
         return unit_of(self.metric)
 
-    @property
+    @functools.cached_property
     def display_unit(self) -> DisplayUnit | None:
         """Return how this row's values are shown to people, or None for plain numbers, states and strings."""
         if self.display_unit_override is not None:
@@ -230,7 +231,7 @@ class Row:
         unit = self.unit
         return unit.display if unit else None
 
-    @property
+    @functools.cached_property
     def bounds(self) -> tuple[float, float]:
         """Return the sane range of a converted value of this row."""
         if self.limits is not None:
@@ -238,7 +239,7 @@ class Row:
         unit = self.unit
         return (unit.low, unit.high) if unit else (-UNITLESS_LIMIT, UNITLESS_LIMIT)
 
-    @property
+    @functools.cached_property
     def per_element(self) -> bool:
         """Return whether the row yields one value per element (cell), rather than one per series."""
         return self.element is not None and self.summary is None
@@ -364,19 +365,30 @@ class Series:
                 for labels, v in samples]
 
     def _element_values(self, raw: object) -> list[tuple[int, float, float]]:
-        """Return (element index, value as sent, converted value) for every plausible value of the row's field."""
+        """Return (element index, value as sent, converted value) for every plausible value of the row's field.
+
+        The hot path of a module's reading (24 cells, five series): `plausible` and `_convert_number`, inlined.
+        """
         if not isinstance(raw, tuple):
             return []
         row, part, out = self.row, self.part, []
+        low, high = row.bounds
+        scale = row.scale
+        divisor = 1.0 / scale if scale < 1.0 else 0.0
         for i, record in enumerate(raw[:len(self.element_labels)]):
             try:
                 value = record[part]
             except (TypeError, IndexError, KeyError):
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if type(value) is not int and type(value) is not float:  # bools are no cell values
                 continue
-            converted = _convert_number(row, value)
-            if plausible(row, converted):
+            if row.magnitude:
+                value = abs(value)
+            try:
+                converted = value / divisor if divisor else value * scale
+            except OverflowError:
+                continue
+            if low <= converted <= high:  # refuses NaN too
                 out.append((i, value, converted))
         return out
 

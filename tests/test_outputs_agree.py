@@ -173,3 +173,29 @@ def test_the_external_generator_has_energy_sensors_the_energy_dashboard_takes() 
     bare = ha.discovery_configs(Inventory(name="x", serial="SN1", complete=True), "homeassistant",
                                 lambda s, labels: "p/" + mqtt.value_path(s, labels), "p/a", {}, {})
     assert not [t for t in bare if "external" in t]
+
+
+def test_a_family_is_built_again_only_when_one_of_its_readings_is_new() -> None:
+    from rctmon.exporters.prometheus import FAMILIES, Freshness, Memo, inverter_families
+
+    state = State()
+    cells_id = catalog.SERIES_BY_NAME["battery.cells[0]"].object_id
+    power_id = catalog.SERIES_BY_NAME["g_sync.p_ac_grid_sum_lp"].object_id
+    state.add_batch(ReadingBatch(((cells_id, _CELLS, time.time_ns()), (power_id, 100.0, time.time_ns()))))
+    helps = {f.name: f.help for f in FAMILIES}
+    memo: Memo = {}
+
+    def render() -> dict[str, object]:
+        families = inverter_families(state.snapshot().values, "x", helps, Freshness(Config().device.intervals), memo)
+        return {m.name: m for m in families}
+
+    first = render()
+    state.add_batch(ReadingBatch(((power_id, 200.0, time.time_ns()),)))
+    second = render()
+    assert second["rctmon_battery_cell_voltage_volts"] is first["rctmon_battery_cell_voltage_volts"]
+    assert second["rctmon_grid_power_watts"] is not first["rctmon_grid_power_watts"]
+    assert second["rctmon_grid_power_watts"].samples[0].value == 200.0
+    state.add_batch(ReadingBatch(((cells_id, _CELLS[::-1], time.time_ns()),)))
+    third = render()["rctmon_battery_cell_voltage_volts"]
+    assert third is not first["rctmon_battery_cell_voltage_volts"]
+    assert third.samples[0].value == 3.323  # cell 0 now has what cell 23 had

@@ -50,7 +50,7 @@ def unit_of(name: str) -> str:
 # --- state shared by the message loop and the HTTP threads ----------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Cached:
     """The latest reading of one object: what each of its series makes of it (catalog.Series.samples: base units,
     implausible values left out), with when it was taken and when it arrived here."""
@@ -325,12 +325,20 @@ def inverter_name(inventory: Inventory | None) -> str:
     return inventory.name or inventory.serial
 
 
+#: A family as last built, by name: what it was built from (the inverter, the help text and each fresh Cached) and
+#: the family. A module's 24 cells change every few minutes, but the exposition is rendered on every scrape.
+Memo = dict[str, tuple[tuple[object, ...], Metric | None]]
+
+
 def inverter_families(values: Mapping[int, Cached], inverter: str, helps: Mapping[str, str],
-                      freshness: Freshness) -> Iterator[Metric]:
+                      freshness: Freshness, memo: Memo | None = None) -> Iterator[Metric]:
     """Yield every catalog family that has a fresh value; info rows become one `_info` series per axis index.
+
+    With `memo`, a family whose values are the same Cached objects as last time is not built again.
 
     Example lines:
         rctmon_generator_power_watts{inverter="Garage",generator="a"} 1234.5
+        rctmon_battery_cell_voltage_volts{inverter="Garage",module="0",cell="5"} 3.318
         rctmon_battery_module_info{inverter="Garage",module="0",serial="..."} 1.0
     """
     for family in FAMILIES:
@@ -338,18 +346,29 @@ def inverter_families(values: Mapping[int, Cached], inverter: str, helps: Mappin
                  if s.object_id in values and freshness.fresh(values[s.object_id], s.tier)]
         if not fresh:
             continue
-        help_text = helps[family.name]
-        if family.kind is Kind.INFO:
-            yield _info_family(family, help_text, inverter, fresh)
-            continue
-        metric = _NUMERIC_FAMILIES[family.kind](family.name, help_text, labels=family.label_names,
-                                                unit=unit_of(family.name))
-        for series, cached in fresh:
-            for labels, value in cached.samples[series]:
-                if not isinstance(value, str):  # strings belong in _info metrics only
-                    metric.add_metric((inverter,) + tuple(v for _, v in labels), float(value))
-        if metric.samples:
+        # Cached compares by identity: a new reading of an object is a new Cached.
+        key = (inverter, helps[family.name], *(cached for _, cached in fresh))
+        remembered = memo.get(family.name) if memo is not None else None
+        if remembered is not None and remembered[0] == key:
+            metric: Metric | None = remembered[1]
+        else:
+            metric = _family(family, helps[family.name], inverter, fresh)
+            if memo is not None:
+                memo[family.name] = (key, metric)
+        if metric is not None:
             yield metric
+
+
+def _family(family: Family, help_text: str, inverter: str, fresh: Sequence[tuple[Series, Cached]]) -> Metric | None:
+    if family.kind is Kind.INFO:
+        return _info_family(family, help_text, inverter, fresh)
+    metric = _NUMERIC_FAMILIES[family.kind](family.name, help_text, labels=family.label_names,
+                                            unit=unit_of(family.name))
+    for series, cached in fresh:
+        for labels, value in cached.samples[series]:
+            if not isinstance(value, str):  # strings belong in _info metrics only
+                metric.add_metric((inverter,) + tuple(v for _, v in labels), float(value))
+    return metric if metric.samples else None
 
 
 _NUMERIC_FAMILIES: dict[Kind, Callable[..., NumericFamily]] = {
@@ -383,6 +402,7 @@ class RctmonCollector:
         self._config = config
         self._health_metrics = exposed_health_metrics(config)
         self._helps = {family.name: family_help(family, config.device.intervals) for family in FAMILIES}
+        self._memo: Memo = {}  # scrapes of both formats may render at once: only whole entries are swapped
 
     def collect(self) -> Iterator[Metric]:
         snap = self._state.snapshot()
@@ -390,7 +410,7 @@ class RctmonCollector:
         inverter = inverter_name(snap.inventory)
         if self._config.prometheus.exposition and inverter:
             freshness = Freshness(self._config.device.intervals)
-            yield from inverter_families(snap.values, inverter, self._helps, freshness)
+            yield from inverter_families(snap.values, inverter, self._helps, freshness, self._memo)
 
 
 def build_registry(state: State, config: Config) -> CollectorRegistry:
