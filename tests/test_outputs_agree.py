@@ -199,3 +199,33 @@ def test_a_family_is_built_again_only_when_one_of_its_readings_is_new() -> None:
     third = render()["rctmon_battery_cell_voltage_volts"]
     assert third is not first["rctmon_battery_cell_voltage_volts"]
     assert third.samples[0].value == 3.323  # cell 0 now has what cell 23 had
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "application/openmetrics-text; version=1.0.0"])
+def test_the_family_encoder_renders_byte_for_byte_what_prometheus_client_renders(accept: str) -> None:
+    from prometheus_client.exposition import choose_encoder
+
+    from rctmon.exporters.prometheus import FamilyEncoder
+
+    config = Config()
+    config.prometheus.exposition = True
+    state = State()
+    state.set_inventory(INVENTORY)
+    registry = build_registry(state, config)
+    encode, content_type = FamilyEncoder().choose(accept)
+    reference, reference_type = choose_encoder(accept)
+    now = time.time_ns()
+    cells = catalog.SERIES_BY_NAME["battery.cells[0]"].object_id
+    power = catalog.SERIES_BY_NAME["g_sync.p_ac_grid_sum_lp"].object_id
+    for readings in [((cells, _CELLS, now), (power, 1.0, now)), ((power, 2.0, now + 1),),
+                     ((cells, _CELLS[::-1], now + 2),), ((power, 3.0, now + 3),)]:
+        state.add_batch(ReadingBatch(readings))  # type: ignore[arg-type]
+        assert content_type == reference_type
+        ours, theirs = encode(registry), reference(registry)
+        assert same_but_own_usage(ours) == same_but_own_usage(theirs)
+        assert b"rctmon_battery_cell_voltage_volts" in ours and ours.count(b"\n") == theirs.count(b"\n")
+
+
+def same_but_own_usage(exposition: bytes) -> list[bytes]:
+    """Return the lines, but those of the process' own CPU time and memory, which move between two renderings."""
+    return [line for line in exposition.split(b"\n") if b'process="prometheus"' not in line]

@@ -67,6 +67,10 @@ class _Rendered:
     gzipped: bytes | None = None
 
 
+#: What chooses the exposition format from an Accept header: (encoder of a registry, content type).
+Encoders = Callable[[str], tuple[Callable[[Collector], bytes], str]]
+
+
 class ExpositionCache:
     """Render the registry for concurrent scrapes at most every `min_age` seconds, one rendering at a time.
 
@@ -77,9 +81,10 @@ class ExpositionCache:
     """
 
     def __init__(self, registry: Collector, generation: Callable[[], int], min_age: float = RENDER_MIN_AGE,
-                 max_age: float = RENDER_MAX_AGE) -> None:
+                 max_age: float = RENDER_MAX_AGE, encoders: Encoders = choose_encoder) -> None:
         self._registry = registry
         self._generation = generation
+        self._encoders = encoders  # Accept header -> (encoder, content type); prometheus_client's by default
         self._min_age = min_age
         self._max_age = max_age
         self._render_lock = threading.Lock()
@@ -94,7 +99,7 @@ class ExpositionCache:
 
     def get(self, accept: str, want_gzip: bool) -> tuple[bytes, str]:
         """Return (body, content type) in the format the Accept header negotiates, gzipped if asked."""
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = self._encoders(accept)
         rendered = self._by_type.get(content_type)
         if not self._usable(rendered):
             must_wait = rendered is None or time.monotonic() - rendered.at >= self._max_age
