@@ -227,7 +227,7 @@ def services(tmp_path: Path) -> Iterator[tuple[VictoriaMetrics, Mosquitto, Recor
 def expected_devices(site: Site) -> set[str]:
     """Return the identifiers of the Home Assistant devices this inverter's discovery should announce."""
     intervals = {Tier.FAST: 1.0, Tier.MEDIUM: 2.0, Tier.SLOW: 3.0, Tier.STATIC: 60.0}
-    configs = ha.discovery_configs(site.options.inventory(), "homeassistant", lambda s: "x", "x", intervals, {})
+    configs = ha.discovery_configs(site.options.inventory(), "homeassistant", lambda s, labels: "x", "x", intervals, {})
     return {json.loads(payload)["device"]["identifiers"][0] for payload in configs.values()}
 
 
