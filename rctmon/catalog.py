@@ -189,8 +189,6 @@ def plausible_number(value: object, low: float = -UNITLESS_LIMIT, high: float = 
     return isinstance(value, (int, float)) and low <= value <= high
 
 
-#: The value of one reading as decoded: a number, a string, or one record per element (Elements).
-Raw = Union[bool, int, float, str, tuple[tuple[float, ...], ...]]
 Value = Union[bool, int, float, str]
 Labels = tuple[tuple[str, str], ...]
 #: One value a series yields from a reading: its labels (the series' own, then the element's) and the value.
