@@ -115,7 +115,7 @@ ONE_LINERS = {
     "NUL in device.host": (lambda d: 'device:\n  host: "192.0.2.1\\0"\n',
                            "{path}: device.host: must not contain control characters (U+0000 at character 10)"),
     "nan interval": (lambda d: "device:\n  intervals:\n    fast: .nan\n",
-                     "{path}: device.intervals.fast: must be a finite number of seconds >= 0.1 and <= 604800, "
+                     "{path}: device.intervals.fast: must be a finite number of seconds >= 0.01 and <= 604800, "
                      "got nan"),
     "garbage PEM": (_garbage_pem, "{path}: prometheus.tls_cert_file: {dir}/cert.pem holds no PEM certificate ssl "
                                   "can load (not valid PEM)"),

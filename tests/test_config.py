@@ -143,7 +143,7 @@ def test_nan_interval_is_refused_naming_the_key():
     """Regression: `intervals.fast: .nan` passed and spun the collector at 99 % CPU."""
     with pytest.raises(cfg.ConfigError) as err:
         cfg.parse(yaml.safe_load("device:\n  intervals:\n    fast: .nan\n"), environ={})
-    assert str(err.value) == "device.intervals.fast: must be a finite number of seconds >= 0.1 and <= 604800, got nan"
+    assert str(err.value) == "device.intervals.fast: must be a finite number of seconds >= 0.01 and <= 604800, got nan"
 
 
 @pytest.mark.parametrize("key", SECONDS)
