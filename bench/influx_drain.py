@@ -44,7 +44,8 @@ from rctmon.exporters.lineprotocol import EXPORTED_IDS, LineEncoder  # noqa: E40
 from rctmon.exporters.spool import Spool  # noqa: E402
 from rctmon.inventory import Inventory  # noqa: E402
 from rctmon.messages import Ack, Reading, ReadingBatch, Started, Stop  # noqa: E402
-from rctmon.proc import resource_usage  # noqa: E402
+from bench.common import cpu_seconds  # noqa: E402
+from channels import wait_messages  # noqa: E402
 from vmserver import VictoriaMetrics  # noqa: E402
 
 INVERTER = "bench"
@@ -72,12 +73,13 @@ def fill(path: str, points: int) -> tuple[int, float]:
 
 
 def _child(config: Config, channel: Channel, parent_fd: int) -> None:
-    from rctmon.exporters import influxdb
+    from rctmon.child import run_child
     from rctmon.proc import become_child
+    from rctmon.registry import CHILD_BY_NAME
 
     os.close(parent_fd)
     become_child("influxdb")
-    influxdb.run(config, channel)
+    run_child(CHILD_BY_NAME["influxdb"], config, channel)
 
 
 def _oldest(conn: sqlite3.Connection) -> int | None:
@@ -115,7 +117,7 @@ def drain(server: VictoriaMetrics, path: str, points: int, last_id: int, rate: f
     try:
         started = False
         while not started:
-            started = any(isinstance(m, Started) for m in ours.wait(1.0))
+            started = any(isinstance(m, Started) for m in wait_messages(ours, 1.0))
         ours.send(Inventory(name=INVERTER, complete=True))
         next_batch, next_check = began, began
         while True:
@@ -133,7 +135,7 @@ def drain(server: VictoriaMetrics, path: str, points: int, last_id: int, rate: f
                     break
                 next_check = now + 0.02
             try:
-                messages = ours.wait(max(0.0, min(next_batch if rate else next_check, next_check) - now))
+                messages = wait_messages(ours, max(0.0, min(next_batch if rate else next_check, next_check) - now))
             except ChannelClosed as exc:
                 raise SystemExit("the exporter child died") from exc
             for message in messages:
@@ -141,7 +143,7 @@ def drain(server: VictoriaMetrics, path: str, points: int, last_id: int, rate: f
                     for done in [s for s in sent_at if s <= message.seq]:
                         max_lag = max(max_lag, time.monotonic() - sent_at.pop(done))
         elapsed = time.monotonic() - began
-        cpu = resource_usage(process.pid or 0)[1]
+        cpu = cpu_seconds(process.pid or 0)
         ours.send(Stop())
         process.join(10)
     finally:

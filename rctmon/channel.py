@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import pickle
-import select
 import socket
 import struct
 
@@ -114,15 +113,6 @@ class Channel:
         if pos:
             del buf[:pos]
         return messages
-
-    def wait(self, timeout: float | None) -> list[object]:
-        """Flush, then wait up to `timeout` seconds for messages and return them (for simple child loops)."""
-        self.flush()
-        writers = [self._sock] if self._out else []
-        readable, writable, _ = select.select([self._sock], writers, [], timeout)
-        if writable:
-            self.flush()
-        return self.receive() if readable else []
 
     def close(self) -> None:
         self.closed = True

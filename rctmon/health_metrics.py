@@ -1,67 +1,83 @@
-"""rctmon's own health metrics: name, type, labels and help, declared once.
+"""rctmon's own health metrics: how one is declared, and the supervisor's own.
 
-The prometheus exporter exposes exactly these (plus the catalog's inverter values when exposition is on); the
-alert rules, the Grafana dashboard and docs/metrics.md are checked against this table.
+A health metric names the process whose figures it shows (`source`) and the key of that process's stats mapping
+(`key`): the prometheus exporter fills every declared metric from the `Health` the supervisor sends, with no code
+per metric. Each child's metrics are declared with its registration (rctmon/registry.py); the table of all of them
+is `rctmon.registry.HEALTH_METRICS`, against which the alert rules, the Grafana dashboard and docs/metrics.md are
+checked.
+
+How a stat value becomes samples:
+- a metric without labels: the value is a number (a missing key counts as 0);
+- a metric with labels: the value maps label values (a string for one label, a tuple for several) to numbers, and
+  every combination in `known` is exposed at 0 until it is counted, so rate() sees the first error of a kind;
+- a histogram: `<key>_buckets` (cumulative counts per bound of `buckets`), `<key>_count` and `<key>_sum`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rctmon import __version__
+
+SUPERVISOR = "supervisor"  # the source (and `process` label value) of the supervisor's own figures
+
+#: Why readings were dropped: the `reason` label of rctmon_readings_dropped_total (docs/metrics.md explains each).
+BACKLOG_FULL = "backlog_full"  # the supervisor's backlog for an acknowledging exporter was full: oldest dropped
+CHANNEL_FULL = "channel_full"  # the collector's channel to the supervisor refused a batch (the supervisor hung)
+SEND_FAILED = "send_failed"  # the supervisor's channel to a child refused readings it does not keep
+DROP_REASONS: tuple[str, ...] = (BACKLOG_FULL, CHANNEL_FULL, SEND_FAILED)
+
 
 @dataclass(frozen=True)
 class HealthMetric:
+    """One health metric: its name, type, labels and help, and where its figures come from."""
+
     name: str
-    type: str  # gauge, counter, histogram, info
+    type: str  # gauge, counter or histogram
     labels: tuple[str, ...]
     help: str
-    #: Whose figures these are. An optional exporter's metrics ("influxdb", "mqtt") are exposed only while that
-    #: exporter is enabled, so that a disabled exporter never looks like a broken one; all others always are.
-    source: str = "collector"
+    #: The process whose stats carry the figures: "supervisor" or a child's name. A child's metrics are exposed
+    #: only while the supervisor runs that child, so that a disabled exporter never looks like a broken one.
+    source: str
+    key: str
+    #: Label values exposed at 0 before they are first counted (one tuple per series).
+    known: tuple[tuple[str, ...], ...] = ()
+    #: Histograms only: the upper bounds of the buckets (+Inf added).
+    buckets: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.type not in ("gauge", "counter", "histogram"):
+            raise ValueError(f"{self.name}: unknown type {self.type!r}")
+        if any(len(values) != len(self.labels) for values in self.known):
+            raise ValueError(f"{self.name}: every known label tuple needs one value per label {self.labels}")
+        if (self.type == "histogram") != bool(self.buckets):
+            raise ValueError(f"{self.name}: buckets belong to histograms, and every histogram needs them")
 
 
-PROCESSES = ("collector", "prometheus", "influxdb", "mqtt")
+def _supervisor(name: str, type_: str, labels: tuple[str, ...], help_: str, key: str) -> HealthMetric:
+    return HealthMetric(name, type_, labels, help_, SUPERVISOR, key)
 
-HEALTH_METRICS: tuple[HealthMetric, ...] = (
-    HealthMetric("rctmon_build_info", "gauge", ("version",), "rctmon version; value always 1", source="rctmon"),
-    HealthMetric("rctmon_device_up", "gauge", (), "1 while the collector is connected to the inverter and it answers"),
-    HealthMetric("rctmon_device_connects_total", "counter", (), "TCP connections opened to the inverter"),
-    HealthMetric("rctmon_frames_sent_total", "counter", (), "Request frames sent to the inverter"),
-    HealthMetric("rctmon_frames_received_total", "counter", (), "Valid frames received from the inverter"),
-    HealthMetric("rctmon_bytes_sent_total", "counter", (), "Bytes sent to the inverter"),
-    HealthMetric("rctmon_bytes_received_total", "counter", (), "Bytes received from the inverter"),
-    HealthMetric("rctmon_decode_errors_total", "counter", ("kind",),
-                 ("Received bytes or frames skipped, by kind (garbage, crc, truncated, absurd_length, unknown_object, "
-                  "plant_frame, not_response, bad_payload, absurd_value)")),
-    HealthMetric("rctmon_request_timeouts_total", "counter", (), "Requests the inverter did not answer in time"),
-    HealthMetric("rctmon_response_seconds", "histogram", (), "Time from sending a request to its answer"),
-    HealthMetric("rctmon_inventory_complete", "gauge", (), "1 once the inverter's inventory is fully discovered"),
-    HealthMetric("rctmon_readings_total", "counter", (), "Readings the collector has taken"),
-    HealthMetric("rctmon_last_reading_timestamp_seconds", "gauge", (), "When the collector last took a reading"),
-    HealthMetric("rctmon_process_up", "gauge", ("process",), "1 while the child process runs",
-                 source="supervisor"),
-    HealthMetric("rctmon_process_restarts_total", "counter", ("process",), "Times the supervisor restarted the child",
-                 source="supervisor"),
-    HealthMetric("rctmon_process_resident_memory_bytes", "gauge", ("process",), "Resident memory of the process",
-                 source="supervisor"),
-    HealthMetric("rctmon_process_cpu_seconds_total", "counter", ("process",), "CPU time the process has used",
-                 source="supervisor"),
-    HealthMetric("rctmon_readings_dropped_total", "counter", ("process",),
-                 "Readings the supervisor could not hand to the child (its backlog was full)", source="supervisor"),
-    HealthMetric("rctmon_influxdb_points_written_total", "counter", (), "Points InfluxDB accepted",
-                 source="influxdb"),
-    HealthMetric("rctmon_influxdb_write_errors_total", "counter", ("kind",),
-                 "Failed writes to InfluxDB, by kind (connection, timeout, server, rate_limited, unauthorized, "
-                 "forbidden, not_found, rejected, http_<status>, other)", source="influxdb"),
-    HealthMetric("rctmon_influxdb_spool_points", "gauge", (), "Points in the spool waiting for InfluxDB",
-                 source="influxdb"),
-    HealthMetric("rctmon_influxdb_points_dropped_total", "counter", (),
-                 "Points dropped: oldest points when the spool was full, lines InfluxDB rejected as malformed, and "
-                 "readings whose value cannot be stored (NaN, infinite, absurd)",
-                 source="influxdb"),
-    HealthMetric("rctmon_influxdb_last_write_timestamp_seconds", "gauge", (), "When InfluxDB last accepted a write",
-                 source="influxdb"),
-    HealthMetric("rctmon_mqtt_connected", "gauge", (), "1 while connected to the MQTT broker", source="mqtt"),
-    HealthMetric("rctmon_mqtt_messages_published_total", "counter", (), "MQTT messages published", source="mqtt"),
-    HealthMetric("rctmon_mqtt_publish_errors_total", "counter", (), "MQTT publishes that failed", source="mqtt"),
+
+#: Figures the supervisor keeps itself: per process (the processes it runs, known from the first scrape) and
+#: those it counts while routing readings. The per-process values are filled in for every supervised process.
+SUPERVISOR_METRICS: tuple[HealthMetric, ...] = (
+    HealthMetric("rctmon_build_info", "gauge", ("version",), "rctmon version; value always 1", SUPERVISOR,
+                 "build_info", known=((__version__,),)),
+    _supervisor("rctmon_process_up", "gauge", ("process",), "1 while the child process runs", "up"),
+    _supervisor("rctmon_process_restarts_total", "counter", ("process",), "Times the supervisor restarted the child",
+                "restarts"),
+    _supervisor("rctmon_process_resident_memory_bytes", "gauge", ("process",), "Resident memory of the process",
+                "resident_memory_bytes"),
+    _supervisor("rctmon_process_cpu_seconds_total", "counter", ("process",), "CPU time the process has used",
+                "cpu_seconds"),
+    _supervisor("rctmon_readings_dropped_total", "counter", ("process", "reason"),
+                "Readings dropped on their way to or from the process, by reason (backlog_full, channel_full, "
+                "send_failed)", "readings_dropped"),
+    _supervisor("rctmon_device_up", "gauge", (), "1 while the collector is connected to the inverter and it answers",
+                "device_up"),
+    _supervisor("rctmon_inventory_complete", "gauge", (), "1 once the inverter's inventory is fully discovered",
+                "inventory_complete"),
+    _supervisor("rctmon_readings_total", "counter", (), "Readings the collector has taken", "readings"),
+    _supervisor("rctmon_last_reading_timestamp_seconds", "gauge", (), "When the collector last took a reading",
+                "last_reading_seconds"),
 )

@@ -2,18 +2,22 @@
 
 Flow (the supervisor is the hub; children never talk to each other):
 
-    collector  --ReadingBatch, Inventory, DeviceStatus, Heartbeat-->  supervisor
-    supervisor --ReadingBatch (with seq), Inventory, DeviceStatus-->  every exporter
-    supervisor --Health------------------------------------------->  prometheus exporter
-    exporter   --Ack(seq), Heartbeat----------------------------->  supervisor
+    collector  --ReadingBatch, Inventory, DeviceStatus------------>  supervisor
+    supervisor --ReadingBatch (with seq), Inventory, DeviceStatus->  every child that reads readings
+    supervisor --Health------------------------------------------->  every child that reads health
+    exporter   --Ack(seq)----------------------------------------->  supervisor
+    any child  --Heartbeat (with its stats)----------------------->  supervisor
     any child  --Started (once set up)---------------------------->  supervisor
     supervisor --Stop--------------------------------------------->  any child
+
+Which child gets what is declared in its registration (rctmon/registry.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Union
+from collections.abc import Mapping
 
 from rctmon.inventory import Inventory
 
@@ -22,6 +26,11 @@ Value = Union[float, int, bool, str]
 Records = tuple[tuple[float, ...], ...]
 #: (object id, decoded value as the inverter sent it, epoch nanoseconds when the answer's frame arrived)
 Reading = tuple[int, Union[Value, Records], int]
+
+#: One figure of a process's stats: a number, a mapping from label values (a string for one label, a tuple for
+#: several) to numbers, or the cumulative counts of histogram buckets. See rctmon/health_metrics.py.
+StatValue = Union[int, float, bool, str, Mapping[str, float], Mapping[tuple[str, ...], float], tuple[int, ...]]
+Stats = Mapping[str, StatValue]
 
 #: Upper bounds (seconds) of the response-time histogram the collector keeps; the exporter adds +Inf.
 RESPONSE_BUCKETS: tuple[float, ...] = (0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -64,7 +73,7 @@ class Stop:
 
 @dataclass
 class CollectorStats:
-    """Cumulative counters of the collector process since it started."""
+    """Cumulative counters of the collector process since it started; its heartbeat carries them as a mapping."""
 
     connects: int = 0
     frames_sent: int = 0
@@ -79,60 +88,28 @@ class CollectorStats:
     response_sum: float = 0.0
     inventory_complete: bool = False
     last_reading_ns: int = 0
-
-
-@dataclass
-class InfluxStats:
-    """Cumulative counters of the influxdb exporter process since it started (the spool size is a gauge)."""
-
-    points_written: int = 0
-    write_errors: dict[str, int] = field(default_factory=dict)  # kind -> count
-    spool_points: int = 0
-    points_dropped: int = 0
-    last_write_timestamp: float = 0.0  # epoch seconds of the last accepted write; 0: none yet
-    #: for the systemd status: starting, ok, unreachable, timeout, server_error, rate_limited, unauthorized,
-    #: forbidden, not_found
-    state: str = "starting"
-
-
-@dataclass
-class MqttStats:
-    """Cumulative counters of the mqtt exporter process since it started."""
-
-    connected: bool = False
-    messages_published: int = 0
-    publish_errors: int = 0
+    readings_dropped: dict[str, int] = field(default_factory=dict)  # reason -> readings the channel refused
 
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """A child is alive; it carries the child's own resource use and counters."""
+    """A child is alive (and works: a child that does not, sends none); with its resource use and its figures."""
 
     process: str
     pid: int
     rss_bytes: int
     cpu_seconds: float
-    stats: CollectorStats | InfluxStats | MqttStats | None = None
-
-
-@dataclass(frozen=True)
-class ProcessHealth:
-    """What the supervisor knows about one child process."""
-
-    up: bool
-    restarts: int
-    readings_dropped: int
-    rss_bytes: int = 0
-    cpu_seconds: float = 0.0
+    #: The child's own figures by stat key, as its health metrics declare them (rctmon/registry.py).
+    stats: Stats = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Health:
-    """The supervisor's view of every child, plus the latest counters each child reported."""
+    """The supervisor's view: the latest figures of every process it runs, and of itself.
 
-    processes: dict[str, ProcessHealth]
-    collector: CollectorStats | None = None
-    influxdb: InfluxStats | None = None
-    mqtt: MqttStats | None = None
-    device_up: bool = False
+    `stats` has a key for every supervised process (an empty mapping until it has reported) and for "supervisor",
+    whose figures include the per-process ones (up, restarts, memory, CPU, dropped readings) for every process.
+    """
+
+    stats: dict[str, Stats]
     inventory: Inventory | None = None

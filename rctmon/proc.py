@@ -48,13 +48,12 @@ def become_child(role: str) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def resource_usage(pid: int = 0) -> tuple[int, float]:
-    """Return (resident bytes, CPU seconds) of a process, this one by default."""
-    where = f"/proc/{pid}" if pid else "/proc/self"
+def resource_usage() -> tuple[int, float]:
+    """Return (resident bytes, CPU seconds) of this process."""
     try:
-        with open(f"{where}/statm", "rb") as statm:
+        with open("/proc/self/statm", "rb") as statm:
             rss = int(statm.read().split()[1]) * _PAGE_SIZE
-        with open(f"{where}/stat", "rb") as stat:
+        with open("/proc/self/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
     except (OSError, IndexError, ValueError):
@@ -65,9 +64,9 @@ def resource_usage(pid: int = 0) -> tuple[int, float]:
 class Every:
     """A periodic deadline on the monotonic clock: `due()` is true once per interval."""
 
-    def __init__(self, interval: float, start_due: bool = True) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._next = time.monotonic() if start_due else time.monotonic() + interval
+        self._next = time.monotonic()
 
     def due(self) -> bool:
         now = time.monotonic()

@@ -5,16 +5,22 @@ One single-threaded loop waits on every child's channel, every child's process s
 Having no threads is what makes `fork` safe here, and fork is what keeps memory low: children share the
 supervisor's pages copy-on-write and import only what their own job needs (see docs/architecture.md).
 
-Readings flow collector -> supervisor -> every exporter. Each exporter has a bounded backlog here. Batches for an
-exporter that acknowledges (influxdb, mqtt) leave its backlog only on its `Ack`, so a batch is never lost between
-processes: a restarted child is replayed everything it had not made durable. Batches for the prometheus child
-leave the backlog once written to its channel.
+The supervisor knows its children only through their registrations (rctmon/registry.py): what each needs (readings,
+health, the latest values, a listening socket) and whether it acknowledges. Readings flow collector -> supervisor
+-> every child that reads them. For a child that acknowledges, the supervisor keeps a bounded backlog that a batch
+leaves only on the child's `Ack`, so no batch is lost between processes: a restarted child is replayed everything
+it had not made durable. Any other reader gets batches while it runs, and the latest value of everything when it
+starts.
+
+Every process a child runs as is an `Incarnation`; everything the selector reports names the incarnation it is
+about, so an exit or a message of an incarnation that has been replaced can never be taken for the current one's.
+A child has at most one incarnation at a time: a new one is started only once the exit of the previous one has
+been handled.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -24,15 +30,18 @@ import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from collections.abc import Iterable
 
+from rctmon import __version__
 from rctmon import config as config_module
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config, ConfigError
+from rctmon.health_metrics import BACKLOG_FULL, SEND_FAILED, SUPERVISOR
 from rctmon.inventory import Inventory
 from rctmon.logsetup import setup_logging
-from rctmon.messages import (Ack, CollectorStats, DeviceStatus, Health, Heartbeat, InfluxStats, MqttStats,
-                             ProcessHealth, Reading, ReadingBatch, Started, Stop)
+from rctmon.messages import Ack, DeviceStatus, Health, Heartbeat, Reading, ReadingBatch, Started, Stats, Stop
 from rctmon.proc import Every, become_child, resource_usage, set_title
+from rctmon.registry import CHILDREN, ChildSpec
 from rctmon.systemd import Notifier
 
 log = logging.getLogger("rctmon.supervisor")
@@ -41,97 +50,67 @@ HEARTBEAT_TIMEOUT = 20.0  # seconds of silence (four heartbeats) after which a c
 RESTART_DELAY_MIN = 0.25  # first restart after this many seconds, doubling per consecutive failure
 RESTART_DELAY_MAX = 30.0
 STABLE_AFTER = 60.0  # a child that ran this long has its restart delay reset
-HEALTH_INTERVAL = 5.0  # seconds between Health refreshes to the prometheus child while nothing changes
+HEALTH_INTERVAL = 5.0  # seconds between Health (and systemd STATUS=) refreshes while nothing changes
 HEALTH_MIN_GAP = 1.0  # a change (readings, a restart, the device) is sent this soon, coalesced
-STATUS_INTERVAL = 5.0  # seconds between systemd STATUS= refreshes
 STOP_GRACE = 6.0  # seconds children get to exit after Stop before they are killed
-BACKLOG_MAX_READINGS = 1_000_000  # per exporter; beyond it the oldest batches are dropped and counted
+#: SIGHUPs within this many seconds of the first are one reload: a burst of them (or an editor writing the file in
+#: several steps) costs one reload, not one per signal.
+RELOAD_SETTLE = 0.2
+#: Seconds the checks of a new configuration may take on SIGHUP (at start they may take a minute: importing
+#: influxdb-client from a cold SD card). Less than half of the unit's WatchdogSec=30.
+RELOAD_PREFLIGHT_TIMEOUT = 10.0
+BACKLOG_MAX_READINGS = 1_000_000  # per acknowledging child; beyond it the oldest batches are dropped and counted
 _FORK = multiprocessing.get_context("fork")
 
 
-def _run_collector(config: Config, channel: Channel, extra: Any) -> None:
-    from rctmon.collector.process import run
+@dataclass(eq=False)
+class Incarnation:
+    """One process of a child, from its start until the supervisor has handled its exit."""
 
-    run(config, channel)
-
-
-def _run_prometheus(config: Config, channel: Channel, extra: Any) -> None:
-    from rctmon.exporters.prometheus import run
-
-    run(config, channel, extra)
-
-
-def _run_influxdb(config: Config, channel: Channel, extra: Any) -> None:
-    from rctmon.exporters.influxdb import run
-
-    run(config, channel)
+    number: int
+    process: Any  # multiprocessing Process
+    channel: Channel
+    spawned_at: float
+    last_heard: float
+    started: bool = False  # it sent Started
+    stop_deadline: float | None = None  # Stop was sent: its exit is no failure; killed when this passes
+    killed: bool = False
+    sent_upto: int = 0  # highest seq of the backlog written to its channel
 
 
-def _run_mqtt(config: Config, channel: Channel, extra: Any) -> None:
-    from rctmon.exporters.mqtt import run
-
-    run(config, channel)
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """What kind of child this is and how the supervisor treats it."""
-
-    name: str
-    main: Callable[[Config, Channel, Any], None]
-    is_exporter: bool  # receives readings, inventory and device status
-    acknowledges: bool  # its backlog is trimmed by Ack, not by sending
-    enabled: Callable[[Config], bool]
-    #: A new incarnation first gets the latest reading of every object: a latest-value view (the endpoint, MQTT)
-    #: would otherwise lack slow and static values until they are next polled, up to an hour later.
-    wants_latest: bool = False
-
-
-CHILD_SPECS: tuple[ChildSpec, ...] = (
-    ChildSpec("collector", _run_collector, False, False, lambda c: True),
-    ChildSpec("prometheus", _run_prometheus, True, False, lambda c: c.prometheus.enable, wants_latest=True),
-    ChildSpec("influxdb", _run_influxdb, True, True, lambda c: c.influxdb.enable),
-    ChildSpec("mqtt", _run_mqtt, True, True, lambda c: c.mqtt.enable, wants_latest=True),
-)
-
-
-@dataclass
+@dataclass(eq=False)
 class Child:
-    """One supervised child and everything the supervisor keeps for it across incarnations."""
+    """One supervised child and what the supervisor keeps for it across incarnations."""
 
     spec: ChildSpec
-    process: Any | None = None  # multiprocessing Process of the current incarnation
-    channel: Channel | None = None
-    started: bool = False  # the current incarnation sent Started
-    stopping: bool = False  # asked to stop (shutdown or reload); its exit is not a failure
-    planned_restart: bool = False  # the next start follows a reload, not a failure: not counted as a restart
-    spawned_at: float = 0.0
-    last_heard: float = 0.0
+    incarnation: Incarnation | None = None
+    incarnations: int = 0
+    wanted: bool = True  # False: its exporter was disabled; it is removed once its incarnation has exited
+    failed: bool = False  # the last incarnation ended unasked: the next start is a restart, and counted
     restart_at: float | None = None
     failures: int = 0  # consecutive failed incarnations, for the backoff
     restarts: int = 0
-    dropped: int = 0  # readings dropped from the backlog
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)  # reason -> readings
     backlog: collections.deque[ReadingBatch] = field(default_factory=collections.deque)
     backlog_readings: int = 0
-    sent_upto: int = 0  # highest seq written to the current incarnation's channel
     rss_bytes: int = 0
     cpu_seconds: float = 0.0
-    stats: Any = None
+    stats: Stats = field(default_factory=dict)  # from its latest heartbeat, kept until the next incarnation's
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+    def up(self) -> bool:
+        return self.incarnation is not None and self.incarnation.started
 
 
 class Supervisor:
     """Runs the daemon until SIGTERM or SIGINT; see the module docstring."""
 
     def __init__(self, config: Config, config_path: str | None = None,
-                 notifier: Notifier | None = None, specs: tuple[ChildSpec, ...] = CHILD_SPECS,
+                 notifier: Notifier | None = None, specs: tuple[ChildSpec, ...] = CHILDREN,
                  debug: bool = False, frame_debug: bool = False) -> None:
         self.config = config
         self.log_flags = (debug, frame_debug)
@@ -140,11 +119,12 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.selector = selectors.DefaultSelector()
         self.children: dict[str, Child] = {}
-        self.listen_socket: socket.socket | None = None
+        #: child name -> (address, listening socket) for every child that declares `listen`
+        self.sockets: dict[str, tuple[tuple[str, int], socket.socket]] = {}
         self.inventory: Inventory | None = None
         self.device: DeviceStatus = DeviceStatus(up=False, reason="starting")
         self.seq = 0
-        self.latest: dict[int, Reading] = {}  # object id -> latest reading, for new latest-value exporters
+        self.latest: dict[int, Reading] = {}  # object id -> latest reading, for new incarnations that replay it
         # Counted here rather than taken from the collector's heartbeat: current at once, and a collector restart
         # does not reset the counter.
         self.readings_routed = 0
@@ -153,26 +133,24 @@ class Supervisor:
         self._health_sent = 0.0
         self.ready_sent = False
         self.stopping = False
-        self.pending_signals: list[int] = []
+        self._signals: set[int] = set()  # written by the signal handlers only; the loop takes them
+        self._reload_at: float | None = None
         self.readings_window: collections.deque[tuple[float, int]] = collections.deque()
         self._wakeup_r, self._wakeup_w = os.pipe()
-        self._timers = {"status": Every(STATUS_INTERVAL)}
-        if self.notifier.watchdog_interval:
-            self._timers["watchdog"] = Every(self.notifier.watchdog_interval)
+        self._watchdog = Every(self.notifier.watchdog_interval) if self.notifier.watchdog_interval else None
 
     # --- start and stop -----------------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until told to stop; return the exit status."""
         set_title("supervisor")
-        if self.config.prometheus.enable:
-            self.listen_socket = self._bind(self.config)  # fail before any child starts when the port is taken
+        enabled = [spec for spec in self.specs if spec.enabled(self.config)]
+        # Bind before any child starts, so that a taken port fails the start with a clear message.
+        self.sockets = self._bind_sockets(self.config, enabled, {})
         self._install_signals()
         _share_with_children()
-        for spec in self.specs:
-            if spec.enabled(self.config):
-                self.children[spec.name] = Child(spec)
-                self._spawn(self.children[spec.name])
+        for spec in enabled:
+            self._add(spec)
         log.info("rctmon supervisor started (pid %d), children: %s", os.getpid(), ", ".join(self.children))
         try:
             while not self.stopping:
@@ -183,52 +161,85 @@ class Supervisor:
         return 0
 
     @staticmethod
-    def _bind(config: Config) -> socket.socket:
+    def _bind_sockets(config: Config, specs: Iterable[ChildSpec],
+                      current: dict[str, tuple[tuple[str, int], socket.socket]],
+                      ) -> dict[str, tuple[tuple[str, int], socket.socket]]:
+        """Return the listening socket of every child that declares one: kept where its address is unchanged,
+        bound anew otherwise. Raise OSError (closing what it bound) when an address cannot be bound."""
         from rctmon.exporters.listen import bind_endpoint
 
-        return bind_endpoint(config.prometheus.bind_address, config.prometheus.bind_port)
+        result: dict[str, tuple[tuple[str, int], socket.socket]] = {}
+        try:
+            for spec in specs:
+                if spec.listen is None:
+                    continue
+                address = spec.listen(config)
+                kept = current.get(spec.name)
+                result[spec.name] = kept if kept and kept[0] == address else (address, bind_endpoint(*address))
+        except OSError:
+            for name, (_, sock) in result.items():
+                if current.get(name, (None, None))[1] is not sock:
+                    sock.close()
+            raise
+        return result
 
     def _install_signals(self) -> None:
         os.set_blocking(self._wakeup_w, False)
         os.set_blocking(self._wakeup_r, False)
-        signal.set_wakeup_fd(self._wakeup_w)
+        # A burst of signals may fill the pipe; the handler has recorded each signal anyway, so stay quiet then.
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             # The handler only records the signal; the loop acts on it (a handler must do no work itself).
-            signal.signal(signum, lambda s, _frame: self.pending_signals.append(s))
-        self.selector.register(self._wakeup_r, selectors.EVENT_READ, ("signal", None))
+            signal.signal(signum, lambda s, _frame: self._signals.add(s))
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, ("signal", None, None))
+
+    def _add(self, spec: ChildSpec) -> None:
+        child = self.children[spec.name] = Child(spec)
+        self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
-        """Start a new incarnation with a fresh channel; replay its backlog."""
+        """Start a new incarnation with a fresh channel; give it what its registration says it needs."""
+        assert child.incarnation is None, f"{child.name} has a running incarnation"
+        if child.failed:
+            child.restarts += 1
+            child.failed = False
+        child.restart_at = None
         ours, theirs = Channel.pair()
+        listen = self.sockets.get(child.name)
         inherited = self._fds_to_close_in_child(ours, child)
-        extra = self.listen_socket if child.name == "prometheus" else None
         process = _FORK.Process(target=_child_main, name=f"rctmon-{child.name}",
-                                args=(child.spec, self.config, theirs, extra, inherited))
+                                args=(child.spec, self.config, theirs, listen[1] if listen else None, inherited))
         process.start()
         theirs.close()
-        child.process, child.channel = process, ours
-        child.started, child.stopping, child.restart_at = False, False, None
-        child.spawned_at = child.last_heard = time.monotonic()
-        child.sent_upto = 0
-        self.selector.register(ours.fileno(), selectors.EVENT_READ, ("channel", child))
-        self.selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
+        now = time.monotonic()
+        child.incarnations += 1
+        inc = child.incarnation = Incarnation(child.incarnations, process, ours, now, now)
+        self.selector.register(ours.fileno(), selectors.EVENT_READ, ("channel", child, inc))
+        self.selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child, inc))
         log.info("started %s (pid %d)", child.name, process.pid)
         self._health_dirty = True
-        if child.spec.is_exporter:
+        spec = child.spec
+        if spec.readings:
             if self.inventory is not None:
                 ours.send(self.inventory)
             ours.send(self.device)
-            if child.spec.wants_latest and self.latest:
-                ours.send(ReadingBatch(tuple(self.latest.values()), seq=0))
+            if spec.replay_latest and self.latest:
+                latest = ReadingBatch(tuple(self.latest.values()), seq=0)
+                if not ours.send(latest):
+                    child.dropped[SEND_FAILED] += len(latest.readings)
             self._send_backlog(child)
+        if spec.health:
+            # Last, so that the child has everything above before it sees its first Health: the endpoint answers
+            # only once it has that, and never shows a restart count or a value the supervisor knows better.
+            ours.send(self.health())
 
     def _fds_to_close_in_child(self, own: Channel, child: Child) -> list[int]:
-        """Return the supervisor's descriptors a forked child must not keep (channels, sentinels, the port)."""
+        """Return the supervisor's descriptors a forked child must not keep (channels, sentinels, others' ports)."""
         fds = [self._wakeup_r, self._wakeup_w, own.fileno()]
-        fds += [c.channel.fileno() for c in self.children.values() if c.channel and not c.channel.closed]
-        fds += [c.process.sentinel for c in self.children.values() if c.process is not None and c.alive]
-        if self.listen_socket is not None and child.name != "prometheus":
-            fds.append(self.listen_socket.fileno())
+        for other in self.children.values():
+            if other.incarnation is not None:
+                fds += [other.incarnation.channel.fileno(), other.incarnation.process.sentinel]
+        fds += [sock.fileno() for name, (_, sock) in self.sockets.items() if name != child.name]
         try:
             fds.append(self.selector.fileno())
         except (AttributeError, ValueError):
@@ -236,45 +247,42 @@ class Supervisor:
         return fds
 
     def _shutdown(self) -> None:
-        """Stop the collector first (its last readings still get routed), then the exporters; kill stragglers."""
+        """Stop the children that produce readings first (their last ones still get routed), then the rest."""
         self.notifier.stopping()
         log.info("stopping")
-        collector = self.children.get("collector")
-        if collector:
-            self._request_stop(collector)
-            self._run_until(lambda: not collector.alive, time.monotonic() + STOP_GRACE / 2)
+        producers = [c for c in self.children.values() if not c.spec.readings]
+        for child in producers:
+            self._request_stop(child)
+        self._run_until(lambda: all(c.incarnation is None for c in producers), time.monotonic() + STOP_GRACE / 2)
         for child in self.children.values():
             self._request_stop(child)
-        self._run_until(lambda: not any(c.alive for c in self.children.values()), time.monotonic() + STOP_GRACE)
+        self._run_until(lambda: all(c.incarnation is None for c in self.children.values()),
+                        time.monotonic() + STOP_GRACE)
         for child in self.children.values():
-            if child.alive and child.process is not None:
+            if child.incarnation is not None:
                 log.warning("%s did not stop in time; killing it", child.name)
-                child.process.kill()
-        for child in self.children.values():
-            if child.process is not None:
-                child.process.join(2.0)
+                child.incarnation.process.kill()
+                child.incarnation.process.join(2.0)
         log.info("stopped")
 
     def _run_until(self, done: Callable[[], bool], deadline: float) -> None:
         while not done() and time.monotonic() < deadline:
             self._loop_once(max_wait=min(0.2, max(0.0, deadline - time.monotonic())))
 
-    def _request_stop(self, child: Child, restart: bool = False) -> None:
-        """Ask a child to exit; with `restart`, start it again (with the current configuration) once it has."""
-        child.stopping = True
-        child.planned_restart = restart
-        if child.alive and child.channel is not None:
-            child.restart_at = None
-            child.channel.send(Stop())
-        else:  # between incarnations: start the next one now, or never
-            child.restart_at = time.monotonic() if restart else None
+    def _request_stop(self, child: Child) -> None:
+        """Send Stop to the child's incarnation (once); it is killed if it has not exited by STOP_GRACE."""
+        inc = child.incarnation
+        if inc is None or inc.stop_deadline is not None:
+            return
+        inc.stop_deadline = time.monotonic() + STOP_GRACE
+        inc.channel.send(Stop())
 
     def _close(self) -> None:
         for child in self.children.values():
-            if child.channel is not None:
-                child.channel.close()
-        if self.listen_socket is not None:
-            self.listen_socket.close()
+            if child.incarnation is not None:
+                child.incarnation.channel.close()
+        for _, sock in self.sockets.values():
+            sock.close()
         signal.set_wakeup_fd(-1)
         self.selector.close()
         os.close(self._wakeup_r)
@@ -286,45 +294,55 @@ class Supervisor:
         """Wait for the next message, exit, signal or timer (timers bound the wait; nothing polls) and handle it."""
         self._update_write_interest()
         for key, _events in self.selector.select(self._next_timeout(max_wait)):
-            kind, child = key.data
-            if kind == "channel":
-                self._read_channel(child)
-            elif kind == "exit":
-                self._on_exit(child)
-            else:
+            kind, child, inc = key.data
+            if kind == "signal":
                 self._drain_wakeup()
+            elif child.incarnation is not inc:
+                continue  # an incarnation handled earlier in this same round; nothing of it is current
+            elif kind == "channel":
+                self._read_channel(child, inc)
+            else:
+                self._on_exit(child, inc)
         self._handle_signals()
         self._tick()
 
     def _next_timeout(self, max_wait: float) -> float:
-        waits = [max_wait] + [t.remaining() for t in self._timers.values()]
-        gap = HEALTH_MIN_GAP if self._health_dirty else HEALTH_INTERVAL
-        waits.append(max(0.0, self._health_sent + gap - time.monotonic()))
         now = time.monotonic()
-        waits += [max(0.0, c.restart_at - now) for c in self.children.values() if c.restart_at is not None]
-        return min(waits)
+        waits = [max_wait] + ([self._watchdog.remaining()] if self._watchdog is not None else [])
+        gap = HEALTH_MIN_GAP if self._health_dirty else HEALTH_INTERVAL
+        waits.append(self._health_sent + gap - now)
+        if self._reload_at is not None and not self.stopping:
+            waits.append(self._reload_at - now)
+        for child in self.children.values():
+            inc = child.incarnation
+            if child.restart_at is not None:
+                if not self.stopping:  # no restarts while stopping: a due one must not spin the loop
+                    waits.append(child.restart_at - now)
+            elif inc is not None and not inc.killed:
+                waits.append((inc.stop_deadline or inc.last_heard + HEARTBEAT_TIMEOUT) - now)
+        return max(0.0, min(waits))
 
     def _update_write_interest(self) -> None:
         for child in self.children.values():
-            channel = child.channel
-            if channel is None or channel.closed:
+            inc = child.incarnation
+            if inc is None or inc.channel.closed:
                 continue
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.pending_bytes else 0)
-            if self.selector.get_key(channel.fileno()).events != events:
-                self.selector.modify(channel.fileno(), events, ("channel", child))
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if inc.channel.pending_bytes else 0)
+            if self.selector.get_key(inc.channel.fileno()).events != events:
+                self.selector.modify(inc.channel.fileno(), events, ("channel", child, inc))
 
-    def _read_channel(self, child: Child) -> None:
-        channel = child.channel
-        if channel is None or channel.closed:
+    def _read_channel(self, child: Child, inc: Incarnation) -> None:
+        channel = inc.channel
+        if channel.closed:
             return
         channel.flush()
         try:
             messages = channel.receive()
         except ChannelClosed:
-            self._forget_channel(child)
+            self._unregister(channel.fileno())  # the exit follows through the sentinel
             return
         if messages:
-            child.last_heard = time.monotonic()
+            inc.last_heard = time.monotonic()
         for message in messages:
             handler = self._handlers.get(type(message))
             if handler is None:
@@ -332,13 +350,11 @@ class Supervisor:
             else:
                 handler(self, child, message)
 
-    def _forget_channel(self, child: Child) -> None:
-        if child.channel is not None:
-            try:
-                self.selector.unregister(child.channel.fileno())
-            except (KeyError, ValueError):
-                pass
-            child.channel.close()
+    def _unregister(self, fd: int) -> None:
+        try:
+            self.selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
 
     def _drain_wakeup(self) -> None:
         try:
@@ -348,59 +364,89 @@ class Supervisor:
             pass
 
     def _handle_signals(self) -> None:
-        while self.pending_signals:
-            signum = self.pending_signals.pop(0)
-            if signum == signal.SIGHUP:
-                self._reload()
-            elif not self.stopping:
-                log.info("received %s", signal.Signals(signum).name)
-                self.stopping = True
+        pending, self._signals = self._signals, set()
+        if pending & {signal.SIGTERM, signal.SIGINT} and not self.stopping:
+            log.info("received %s", signal.Signals(max(pending - {signal.SIGHUP})).name)
+            self.stopping = True
+        if signal.SIGHUP in pending and self._reload_at is None and not self.stopping:
+            self._reload_at = time.monotonic() + RELOAD_SETTLE
 
     def _tick(self) -> None:
         now = time.monotonic()
-        for child in self.children.values():
+        if self._reload_at is not None and now >= self._reload_at and not self.stopping:
+            self._reload_at = None
+            self._reload()
+        for child in list(self.children.values()):
+            inc = child.incarnation
             if child.restart_at is not None and now >= child.restart_at and not self.stopping:
-                if not child.planned_restart:
-                    child.restarts += 1
-                child.planned_restart = False
                 self._spawn(child)
-            elif (child.alive and child.process is not None and not child.stopping
-                  and now - child.last_heard > HEARTBEAT_TIMEOUT):
-                log.error("%s sent nothing for %.0f s; killing it", child.name, now - child.last_heard)
-                child.process.kill()
+            elif inc is not None and not inc.killed:
+                if inc.stop_deadline is not None and now >= inc.stop_deadline:
+                    log.warning("%s did not stop within %.0f s; killing it", child.name, STOP_GRACE)
+                    self._kill(inc)
+                elif inc.stop_deadline is None and now - inc.last_heard > HEARTBEAT_TIMEOUT:
+                    log.error("%s sent nothing for %.0f s; killing it", child.name, now - inc.last_heard)
+                    self._kill(inc)
         if now - self._health_sent >= (HEALTH_MIN_GAP if self._health_dirty else HEALTH_INTERVAL):
             self._send_health()
-        if self._timers["status"].due():
-            self.notifier.status(self.status_line())
-        watchdog = self._timers.get("watchdog")
-        if watchdog is not None and watchdog.due():
+            if self.notifier.address:  # the same tick, not a timer of its own: one wake-up fewer
+                self.notifier.status(self.status_line())
+        if self._watchdog is not None and self._watchdog.due():
             self.notifier.watchdog()
+
+    @staticmethod
+    def _kill(inc: Incarnation) -> None:
+        inc.killed = True
+        inc.process.kill()  # its exit arrives through the sentinel like any other
 
     # --- child exits and restarts ----------------------------------------------------------------------------------
 
-    def _on_exit(self, child: Child) -> None:
-        process = child.process
-        if process is None:
-            return
-        process.join(0.5)
+    def _on_exit(self, child: Child, inc: Incarnation) -> None:
+        self._read_channel(child, inc)  # the last messages it managed to send (an Ack, a final heartbeat)
+        self._unregister(inc.channel.fileno())
+        self._unregister(inc.process.sentinel)
+        inc.channel.close()
+        inc.process.join(0.5)  # the sentinel is readable: the process has exited, this only reaps it
+        code = inc.process.exitcode
         try:
-            self.selector.unregister(process.sentinel)
-        except (KeyError, ValueError):
+            inc.process.close()  # its sentinel now, not whenever the object is collected
+        except ValueError:
             pass
-        self._read_channel(child)  # the last messages it managed to send (an Ack, a final batch)
-        self._forget_channel(child)
-        code = process.exitcode
-        lived = time.monotonic() - child.spawned_at
+        child.incarnation = None
+        self._fold_reported_drops(child)
         self._health_dirty = True
-        if child.stopping or self.stopping:
+        lived = time.monotonic() - inc.spawned_at
+        asked = inc.stop_deadline is not None
+        if self.stopping or asked:
             log.info("%s exited (status %s)", child.name, code)
-            if child.planned_restart and not self.stopping:
-                child.restart_at = time.monotonic()  # a reload: start again with the new configuration now
+        if self.stopping:
             return
-        child.failures = 0 if lived > STABLE_AFTER else child.failures + 1
-        delay = min(RESTART_DELAY_MAX, RESTART_DELAY_MIN * 2 ** max(0, child.failures - 1))
-        log.error("%s died (status %s) after %.1f s; restarting in %.2f s", child.name, code, lived, delay)
-        child.restart_at = time.monotonic() + delay
+        if not child.wanted:
+            self._remove(child)
+        elif asked:
+            self._spawn(child)  # replaced by a reload: the new incarnation runs on the new configuration
+        else:
+            child.failed = True
+            child.failures = 0 if lived > STABLE_AFTER else child.failures + 1
+            delay = min(RESTART_DELAY_MAX, RESTART_DELAY_MIN * 2 ** max(0, child.failures - 1))
+            log.error("%s died (status %s) after %.1f s; restarting in %.2f s", child.name, code, lived, delay)
+            child.restart_at = time.monotonic() + delay
+
+    def _fold_reported_drops(self, child: Child) -> None:
+        """Keep what an ended incarnation reported dropping: its successor starts counting from zero."""
+        reported = child.stats.get("readings_dropped")
+        if isinstance(reported, dict) and reported:
+            for reason, count in reported.items():
+                child.dropped[str(reason)] += int(count)
+            child.stats = {key: value for key, value in child.stats.items() if key != "readings_dropped"}
+
+    def _remove(self, child: Child) -> None:
+        """Forget a child whose exporter was disabled, and close its listening socket."""
+        del self.children[child.name]
+        kept = self.sockets.pop(child.name, None)
+        if kept is not None:
+            kept[1].close()
+        log.info("%s is disabled and stopped", child.name)
 
     # --- message handlers ------------------------------------------------------------------------------------------
 
@@ -413,32 +459,34 @@ class Supervisor:
             self.last_reading_ns = batch.readings[-1][2]
             self._health_dirty = True
         self.latest.update((reading[0], reading) for reading in batch.readings)
-        for exporter in self._exporters():
-            exporter.backlog.append(batch)
-            exporter.backlog_readings += len(batch.readings)
-            self._trim_backlog(exporter)
-            self._send_backlog(exporter)
+        for reader in self._readers():
+            if reader.spec.acknowledges:
+                reader.backlog.append(batch)
+                reader.backlog_readings += len(batch.readings)
+                self._trim_backlog(reader)
+                self._send_backlog(reader)
+            elif reader.incarnation is not None:
+                channel = reader.incarnation.channel
+                if not channel.send(batch) and not channel.closed:
+                    reader.dropped[SEND_FAILED] += len(batch.readings)  # a closed one: its successor gets the latest
 
     def _trim_backlog(self, child: Child) -> None:
         while child.backlog_readings > BACKLOG_MAX_READINGS and len(child.backlog) > 1:
             old = child.backlog.popleft()
             child.backlog_readings -= len(old.readings)
-            child.dropped += len(old.readings)
+            child.dropped[BACKLOG_FULL] += len(old.readings)
 
     def _send_backlog(self, child: Child) -> None:
         """Write every batch the current incarnation has not been sent yet (while its channel takes them)."""
-        channel = child.channel
-        if channel is None or channel.closed or not child.alive:
+        inc = child.incarnation
+        if inc is None or inc.channel.closed:
             return
         for batch in child.backlog:
-            if batch.seq <= child.sent_upto:
+            if batch.seq <= inc.sent_upto:
                 continue
-            if not channel.send(batch):
+            if not inc.channel.send(batch):
                 return  # the channel is full; the rest goes when the child catches up
-            child.sent_upto = batch.seq
-        if not child.spec.acknowledges:
-            child.backlog.clear()
-            child.backlog_readings = 0
+            inc.sent_upto = batch.seq
 
     def _on_ack(self, child: Child, ack: Ack) -> None:
         while child.backlog and child.backlog[0].seq <= ack.seq:
@@ -449,6 +497,7 @@ class Supervisor:
         if inventory != self.inventory:
             log.info("inventory: %s%s", inventory.summary(), "" if inventory.complete else " (incomplete)")
         self.inventory = inventory
+        self._health_dirty = True
         self._broadcast(inventory)
 
     def _on_device_status(self, child: Child, status: DeviceStatus) -> None:
@@ -461,14 +510,14 @@ class Supervisor:
         self.notifier.status(self.status_line())
 
     def _on_heartbeat(self, child: Child, beat: Heartbeat) -> None:
-        child.rss_bytes, child.cpu_seconds = beat.rss_bytes, beat.cpu_seconds
-        if beat.stats is not None:
-            child.stats = beat.stats  # counters ride on the periodic refresh; readings themselves mark a change
+        # Counters ride on the periodic Health refresh; readings themselves mark a change.
+        child.rss_bytes, child.cpu_seconds, child.stats = beat.rss_bytes, beat.cpu_seconds, beat.stats
 
     def _on_started(self, child: Child, started: Started) -> None:
-        child.started = True
+        if child.incarnation is not None:
+            child.incarnation.started = True
         self._health_dirty = True
-        if not self.ready_sent and all(c.started for c in self.children.values()):
+        if not self.ready_sent and all(c.up for c in self.children.values() if c.wanted):
             self.ready_sent = True
             self.notifier.ready(self.status_line())
             log.info("ready")
@@ -482,44 +531,62 @@ class Supervisor:
         Started: _on_started,
     }
 
-    def _exporters(self) -> list[Child]:
-        return [c for c in self.children.values() if c.spec.is_exporter]
+    def _readers(self) -> list[Child]:
+        return [c for c in self.children.values() if c.spec.readings]
 
     def _broadcast(self, message: object) -> None:
-        for exporter in self._exporters():
-            if exporter.alive and exporter.channel is not None:
-                exporter.channel.send(message)
+        for reader in self._readers():
+            if reader.incarnation is not None:
+                reader.incarnation.channel.send(message)
 
     # --- health and status ------------------------------------------------------------------------------------------
 
     def health(self) -> Health:
+        """Return every supervised process's latest figures, and the supervisor's own (see health_metrics.py)."""
+        children = [c for c in self.children.values() if c.wanted]
         rss, cpu = resource_usage()
-        processes = {
-            name: ProcessHealth(up=child.alive and child.started, restarts=child.restarts,
-                                readings_dropped=child.dropped, rss_bytes=child.rss_bytes,
-                                cpu_seconds=child.cpu_seconds)
-            for name, child in self.children.items()
+        own: dict[str, Any] = {
+            "build_info": {__version__: 1},
+            "up": {SUPERVISOR: 1, **{c.name: int(c.up) for c in children}},
+            "restarts": {SUPERVISOR: 0, **{c.name: c.restarts for c in children}},
+            "resident_memory_bytes": {SUPERVISOR: rss, **{c.name: c.rss_bytes for c in children}},
+            "cpu_seconds": {SUPERVISOR: cpu, **{c.name: c.cpu_seconds for c in children}},
+            "readings_dropped": {(c.name, reason): count for c in children
+                                 for reason, count in self._dropped(c).items()},
+            "device_up": int(self.device.up),
+            "inventory_complete": int(self.inventory is not None and self.inventory.complete),
+            "readings": self.readings_routed,
+            "last_reading_seconds": self.last_reading_ns / 1e9,
         }
-        processes["supervisor"] = ProcessHealth(up=True, restarts=0, readings_dropped=0, rss_bytes=rss,
-                                                cpu_seconds=cpu)
-        collector = self._stats("collector", CollectorStats)
-        if collector is not None:
-            collector = dataclasses.replace(collector, readings=self.readings_routed,
-                                            last_reading_ns=self.last_reading_ns)
-        return Health(processes=processes, collector=collector,
-                      influxdb=self._stats("influxdb", InfluxStats), mqtt=self._stats("mqtt", MqttStats),
-                      device_up=self.device.up, inventory=self.inventory)
+        stats: dict[str, Stats] = {c.name: c.stats for c in children}
+        stats[SUPERVISOR] = own
+        return Health(stats, self.inventory)
 
-    def _stats(self, name: str, kind: type) -> Any:
-        child = self.children.get(name)
-        return child.stats if child is not None and isinstance(child.stats, kind) else None
+    @staticmethod
+    def _dropped(child: Child) -> dict[str, int]:
+        """Return the child's dropped readings by reason: every reason that applies to it, counted or not."""
+        spec = child.spec
+        reasons = list(spec.drops)
+        if spec.readings:
+            reasons.append(BACKLOG_FULL if spec.acknowledges else SEND_FAILED)
+        if spec.replay_latest:
+            reasons.append(SEND_FAILED)
+        result = dict.fromkeys(reasons, 0)
+        result.update(child.dropped)
+        reported = child.stats.get("readings_dropped")
+        if isinstance(reported, dict):
+            for reason, count in reported.items():
+                result[str(reason)] = result.get(str(reason), 0) + int(count)
+        return result
 
     def _send_health(self) -> None:
         self._health_dirty = False
         self._health_sent = time.monotonic()
-        prometheus = self.children.get("prometheus")
-        if prometheus is not None and prometheus.alive and prometheus.channel is not None:
-            prometheus.channel.send(self.health())
+        readers = [c.incarnation for c in self.children.values() if c.spec.health and c.incarnation is not None]
+        if readers:
+            health = self.health()
+            for inc in readers:
+                inc.channel.send(health)
 
     def readings_per_minute(self) -> int:
         cutoff = time.monotonic() - 60.0
@@ -528,16 +595,12 @@ class Supervisor:
         return sum(n for _, n in self.readings_window)
 
     def status_line(self) -> str:
-        """Return the one-line summary systemd shows: inverter, connection, reading rate, InfluxDB state."""
+        """Return the one-line summary systemd shows: inverter, connection, reading rate, and the children's own."""
         name = self.inventory.name if self.inventory and self.inventory.name else self.config.device.host
         parts = [f"inverter {name} {'connected' if self.device.up else 'disconnected'}",
                  f"{self.readings_per_minute()} readings/min"]
-        if "influxdb" in self.children:
-            stats = self._stats("influxdb", InfluxStats)
-            state = stats.state if stats else "starting"
-            spool = f", {stats.spool_points} spooled" if stats and stats.spool_points else ""
-            parts.append(f"InfluxDB {state}{spool}")
-        down = [c.name for c in self.children.values() if not c.alive]
+        parts += [c.spec.status(c.stats) for c in self.children.values() if c.spec.status is not None]
+        down = [c.name for c in self.children.values() if c.wanted and c.incarnation is None]
         if down:
             parts.append("restarting: " + ", ".join(down))
         return "; ".join(parts)
@@ -545,75 +608,111 @@ class Supervisor:
     # --- reload -------------------------------------------------------------------------------------------------------
 
     def _reload(self) -> None:
-        """Re-read the configuration; on success restart every child with it, on failure keep the old one."""
+        """Re-read the configuration; replace the children whose part of it changed; on error keep the old one.
+
+        A child is replaced (stopped, then started on the new configuration, not counted as a restart) only when
+        its own settings (its registration's `settings`), its listening address or the logging section changed;
+        every other child runs on untouched. Newly enabled children start, disabled ones stop.
+        """
         if not self.config_path:
             log.warning("SIGHUP: no configuration file to reload")
             return
         try:
-            new = config_module.load(self.config_path)
-        except ConfigError as exc:
+            new = _load_for_reload(self.config_path)
+            enabled = [spec for spec in self.specs if spec.enabled(new)]
+            sockets = self._bind_sockets(new, enabled, self.sockets)
+        except (ConfigError, OSError) as exc:
             log.error("SIGHUP: keeping the running configuration: %s", exc)
             return
-        old = self.config
-        if (new.prometheus.enable, new.prometheus.bind_address, new.prometheus.bind_port) != (
-                old.prometheus.enable, old.prometheus.bind_address, old.prometheus.bind_port):
-            try:
-                listen = self._bind(new) if new.prometheus.enable else None
-            except OSError as exc:
-                log.error("SIGHUP: keeping the running configuration: cannot bind the endpoint: %s", exc)
-                return
-            if self.listen_socket is not None:
-                self.listen_socket.close()
-            self.listen_socket = listen
+        except Exception:  # noqa: BLE001 - a bug in reading the file must not end the daemon
+            log.exception("SIGHUP: keeping the running configuration: reading it failed unexpectedly")
+            return
         try:
             setup_logging(new, *self.log_flags)
         except (ValueError, TypeError, AttributeError, ImportError) as exc:
             log.error("SIGHUP: logging section invalid, keeping the running logging set-up: %s", exc)
-        log.info("SIGHUP: configuration reloaded from %s; restarting children", self.config_path)
         for warning in new.warnings:
             log.warning("%s", warning)
-        self.config = new
+        old, self.config = self.config, new
+        rebound = {name for name, kept in sockets.items() if self.sockets.get(name) is not kept}
+        for name, (_, sock) in self.sockets.items():
+            if name in rebound:
+                sock.close()  # the running incarnation keeps its own copy until it is replaced
+            elif name not in sockets:
+                sockets[name] = self.sockets[name]  # a child being disabled: closed once it has exited
+        self.sockets = sockets
+        replaced, started, stopped = [], [], []
         for spec in self.specs:
             child = self.children.get(spec.name)
-            if spec.enabled(new) and child is None:
-                self.children[spec.name] = Child(spec)
-                self._spawn(self.children[spec.name])
-            elif child is not None and spec.enabled(new):
-                self._request_stop(child, restart=True)
-            elif child is not None:
-                self._request_stop(child)
-                del self.children[spec.name]
+            if spec in enabled and child is None:
+                self._add(spec)
+                started.append(spec.name)
+            elif spec in enabled and child is not None:
+                if not child.wanted or spec.name in rebound or _changed(spec, old, new):
+                    child.wanted = True
+                    self._replace(child)
+                    replaced.append(spec.name)
+            elif child is not None and child.wanted:
+                child.wanted = False
                 self._retire(child)
+                stopped.append(spec.name)
+        log.info("SIGHUP: configuration reloaded from %s; replaced: %s; started: %s; stopped: %s", self.config_path,
+                 ", ".join(replaced) or "none", ", ".join(started) or "none", ", ".join(stopped) or "none")
+
+    def _replace(self, child: Child) -> None:
+        """Have the child run on the current configuration: stop its incarnation (the next one follows its exit)."""
+        if child.incarnation is not None:
+            self._request_stop(child)
+        elif child.restart_at is not None:
+            child.restart_at = time.monotonic()  # waiting to restart after a failure: start it on the new one now
 
     def _retire(self, child: Child) -> None:
-        """Stop a child whose exporter was disabled; it is no longer supervised."""
-        if child.process is not None:
-            child.process.join(STOP_GRACE)
-            if child.process.is_alive():
-                child.process.kill()
-                child.process.join(2.0)
-            try:
-                self.selector.unregister(child.process.sentinel)
-            except (KeyError, ValueError):
-                pass
-        self._forget_channel(child)
+        """Stop a child whose exporter was disabled; it is forgotten once it has exited."""
+        if child.incarnation is not None:
+            self._request_stop(child)
+        else:
+            self._remove(child)
+
+
+def _changed(spec: ChildSpec, old: Config, new: Config) -> bool:
+    return bool(spec.settings(old) != spec.settings(new) or old.logging != new.logging)
+
+
+def _load_for_reload(path: str) -> Config:
+    """Load the configuration file for a reload, and check that this machine can run it (rctmon.preflight).
+
+    An empty file is refused: an editor or a deployment tool may truncate the file before writing it again, and
+    read at that moment it would load as every default. The checks (modules, certificates, the spool directory,
+    ports and spools held by other processes) run in a fork, bounded so that the loop, and with it the systemd
+    watchdog, is never held up for long.
+    """
+    from rctmon.preflight import preflight
+
+    config = config_module.load(path, refuse_empty=True)
+    problems = preflight(config, clashes=True, timeout=RELOAD_PREFLIGHT_TIMEOUT)
+    if problems:
+        raise ConfigError(problems, source=path)
+    return config
 
 
 def _share_with_children() -> None:
     """Load what every child needs before forking, so that they share one copy of it.
 
-    Each child reads the catalog (and so rctclient's registry of some 900 objects). Loaded here, its pages are
-    shared copy-on-write by all children instead of copied into each; `gc.freeze` keeps the collector from
-    touching (and so copying) those objects later. This is data, not a library that could misbehave.
+    Each child reads the catalog (and so rctclient's registry of some 900 objects) and runs the asyncio loop of
+    rctmon.child. Loaded here, their pages are shared copy-on-write by all children instead of copied into each;
+    `gc.freeze` keeps the collector from touching (and so copying) those objects later. This is data and the
+    standard library, not a library that could misbehave, and none of it starts a thread.
     """
     import gc
 
     import rctmon.catalog  # noqa: F401
+    import rctmon.child  # noqa: F401
 
     gc.freeze()
 
 
-def _child_main(spec: ChildSpec, config: Config, channel: Channel, extra: Any, inherited: list[int]) -> None:
+def _child_main(spec: ChildSpec, config: Config, channel: Channel, listen_socket: socket.socket | None,
+                inherited: list[int]) -> None:
     """Entry point of every child after fork: shed what belongs to the supervisor, then run the child's job."""
     signal.set_wakeup_fd(-1)
     for fd in inherited:
@@ -623,8 +722,12 @@ def _child_main(spec: ChildSpec, config: Config, channel: Channel, extra: Any, i
             except OSError:
                 pass
     become_child(spec.name)
+    from rctmon.child import ChildFailed, run_child
+
     try:
-        spec.main(config, channel, extra)
+        run_child(spec, config, channel, listen_socket)
+    except ChildFailed:
+        os._exit(1)  # the reason is in the log already
     except Exception:  # noqa: BLE001 - the supervisor restarts us; leave the reason in the log
         logging.getLogger(f"rctmon.{spec.name}").exception("%s crashed", spec.name)
         os._exit(1)

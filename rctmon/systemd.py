@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 from typing import Callable
-from collections.abc import Mapping
 
 log = logging.getLogger("rctmon.systemd")
 
@@ -40,22 +39,18 @@ def _systemd_python_sender() -> Callable[[str], bool] | None:
 class Notifier:
     """Sends READY, STATUS, WATCHDOG and STOPPING to systemd when it is listening."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None, use_library: bool = True) -> None:
-        env = os.environ if environ is None else environ
+    def __init__(self) -> None:
+        env = os.environ
         self.address = env.get("NOTIFY_SOCKET", "")
         self.watchdog_interval: float | None = None
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         if self.address and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval = int(usec) / 1e6 / 2  # systemd's advice: ping at half the timeout
-        library = _systemd_python_sender() if use_library and self.address else None
+        library = _systemd_python_sender() if self.address else None
         self.backend = "systemd-python" if library else "socket"
         self._send: Callable[[str], bool] = library or (lambda state: _send_datagram(self.address, state))
         self._last_status = ""
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
 
     def notify(self, state: str) -> bool:
         return self._send(state) if self.address else False

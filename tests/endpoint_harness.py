@@ -1,9 +1,10 @@
 """What the endpoint's tests share (issue 11): a prometheus child as the supervisor runs it, with its log in a file;
 an endpoint served in this process; and the hostile clients of bench/slow_clients.py in a process of their own.
 
-The child is forked and runs `rctmon.exporters.prometheus.run` on a socket bound here, exactly as under the
-supervisor, so its threads, descriptors and memory are those of the real endpoint (read from /proc/PID). The
-in-process endpoint takes any Limits, which the child does not.
+The child is forked and runs its job (`rctmon.exporters.prometheus.PrometheusExporter`, in the loop every child
+shares) on a socket bound here and gets the Health the supervisor sends first, exactly as under the supervisor, so
+its threads, descriptors and memory are those of the real endpoint (read from /proc/PID). The in-process endpoint
+takes any Limits, which the child does not.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from rctmon.exporters import http as http_module
 from rctmon.exporters.http import BasicAuth, EndpointThread, ExpositionCache, MetricsApp
 from rctmon.exporters.httpserver import DEFAULT_LIMITS, Endpoint, Limits
 from rctmon.exporters.listen import bind_endpoint
-from rctmon.exporters.prometheus import State, build_registry, run
-from rctmon.messages import Started, Stop
+from rctmon.child import run_child
+from rctmon.exporters.prometheus import State, build_registry
+from rctmon.messages import Health, Started, Stop
 from rctmon.proc import become_child
+from rctmon.registry import CHILD_BY_NAME
 
 _FORK = multiprocessing.get_context("fork")
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
@@ -47,9 +50,9 @@ def _child_main(config: Config, channel: Channel, parent_end: Channel, sock: soc
     become_child("prometheus")
     logging.basicConfig(filename=log_path, level=logging.INFO, force=True,
                         format="%(levelname)s %(name)s %(message)s")
-    if limits is not None:  # run() builds its Endpoint with the default limits; this child's has these
+    if limits is not None:  # the child builds its Endpoint with the default limits; this one's has these
         http_module.Endpoint = functools.partial(Endpoint, limits=limits)
-    run(config, channel, sock)
+    run_child(CHILD_BY_NAME["prometheus"], config, channel, sock)
 
 
 @dataclass
@@ -144,6 +147,7 @@ def start_child(log_path: str, tls: tuple[str, str] | None = None, config: Confi
                             name="test-endpoint")
     process.start()
     theirs.close()
+    ours.send(Health({"collector": {}, "prometheus": {}, "supervisor": {}}))  # it serves once it has this
     return Child(process, ours, sock, log_path, tls[0] if tls else None)
 
 

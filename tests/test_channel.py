@@ -3,6 +3,7 @@ import os
 import pytest
 
 from rctmon.channel import Channel, ChannelClosed
+from channels import wait_messages
 from rctmon.messages import ReadingBatch
 
 
@@ -15,7 +16,7 @@ def test_messages_arrive_in_order_and_whole() -> None:
         received = []
         while len(received) < len(batches):
             a.flush()
-            received += b.wait(1.0)
+            received += wait_messages(b, 1.0)
         assert received == batches
     finally:
         a.close()
@@ -32,7 +33,7 @@ def test_send_never_blocks_when_the_peer_does_not_read() -> None:
         count = 0
         while count < results.count(True):  # everything accepted arrives once the peer reads
             a.flush()
-            count += len(b.wait(1.0))
+            count += len(wait_messages(b, 1.0))
         assert count == results.count(True)
     finally:
         a.close()
@@ -43,9 +44,9 @@ def test_peer_closing_is_reported_after_pending_messages() -> None:
     a, b = Channel.pair()
     a.send("last words")
     a.close()
-    assert b.wait(1.0) == ["last words"]
+    assert wait_messages(b, 1.0) == ["last words"]
     with pytest.raises(ChannelClosed):
-        b.wait(1.0)
+        wait_messages(b, 1.0)
     b.close()
 
 
@@ -66,9 +67,9 @@ def test_a_partial_message_waits_for_its_rest() -> None:
         data = pickle.dumps("whole")
         frame = struct.pack(">I", len(data)) + data
         os.write(a.fileno(), frame[:3])
-        assert b.wait(0.1) == []
+        assert wait_messages(b, 0.1) == []
         os.write(a.fileno(), frame[3:])
-        assert b.wait(1.0) == ["whole"]
+        assert wait_messages(b, 1.0) == ["whole"]
     finally:
         a.close()
         b.close()

@@ -27,17 +27,21 @@ from rctclient.types import Command
 
 from rctmon.catalog import ELEMENTS, OBJECTS, enabled_series
 from rctmon.channel import Channel
+from rctmon.child import run_child
 import rctmon.collector as collector_package
 from rctmon.collector.connection import InverterConnection, ReadOnlyLink
 from rctmon.collector.discovery import INVENTORY_IDS, NAME_ID
 from rctmon.collector.framer import INVALID, RESPONSE_TYPES
-from rctmon.collector.process import Collector, run
+from rctmon.collector.process import Collector
 from rctmon.collector.scheduler import (MAX_ATTEMPTS, MIN_REQUEST_TIMEOUT, SILENT_TIMEOUTS, Poller, TierClock,
                                       Window)
 from rctmon.config import Config, Intervals
 from rctmon.inventory import Inventory
 from rctmon.messages import (RESPONSE_BUCKETS, CollectorStats, DeviceStatus, Heartbeat, ReadingBatch, Started, Stop)
+from rctmon.registry import CHILD_BY_NAME
 from rctmon.simulator import SimulatorOptions, SimulatorThread
+
+from channels import wait_messages
 
 REGISTRY_IDS = sorted(RESPONSE_TYPES)
 SOC = REGISTRY.get_by_name("battery.soc").object_id
@@ -705,7 +709,8 @@ def test_a_peer_that_resets_every_connection_is_retried_with_backoff() -> None:
 def collector_process(config: Config) -> Iterator[tuple[Channel, threading.Thread]]:
     """Run the collector process main in a thread on a channel pair, as the supervisor would in a child."""
     parent, child = Channel.pair()
-    thread = threading.Thread(target=run, args=(config, child), name="collector", daemon=True)
+    thread = threading.Thread(target=run_child, args=(CHILD_BY_NAME["collector"], config, child), name="collector",
+                              daemon=True)
     thread.start()
     try:
         yield parent, thread
@@ -721,7 +726,7 @@ def collect(channel: Channel, messages: list[Any], predicate: Callable[[list[Any
     deadline = time.monotonic() + timeout
     while not predicate(messages):
         assert time.monotonic() < deadline, f"timed out; got {[type(m).__name__ for m in messages][-20:]}"
-        messages += channel.wait(0.1)
+        messages += wait_messages(channel, 0.1)
 
 
 def test_process_reports_over_the_channel_and_stops_promptly(simulator: Callable[..., SimulatorThread]) -> None:
@@ -731,7 +736,7 @@ def test_process_reports_over_the_channel_and_stops_promptly(simulator: Callable
     with collector_process(device_config(sim.port)) as (channel, thread):
         def seen(ms: list[Any]) -> bool:
             ids = {r[0] for m in ms if isinstance(m, ReadingBatch) for r in m.readings}
-            return wanted <= ids and any(isinstance(m, Heartbeat) and m.stats.readings for m in ms)
+            return wanted <= ids and any(isinstance(m, Heartbeat) and m.stats.get("readings") for m in ms)
 
         collect(channel, messages, seen, 20)
         channel.send(Stop())
@@ -739,12 +744,12 @@ def test_process_reports_over_the_channel_and_stops_promptly(simulator: Callable
         thread.join(5)
         assert not thread.is_alive()
         assert time.monotonic() - started < 2.0  # well within the supervisor's grace period (< 1 s expected)
-        messages += channel.wait(0.1)
+        messages += wait_messages(channel, 0.1)
     assert messages[0] == Started("collector")
     assert DeviceStatus(True, f"connected to 127.0.0.1:{sim.port}") in messages
     assert sim.options.inventory() in messages
-    beat = next(m for m in messages if isinstance(m, Heartbeat) and m.stats.readings)
-    assert beat.process == "collector" and beat.rss_bytes > 0 and isinstance(beat.stats, CollectorStats)
+    beat = next(m for m in messages if isinstance(m, Heartbeat) and m.stats.get("readings"))
+    assert beat.process == "collector" and beat.rss_bytes > 0 and set(beat.stats) == set(vars(CollectorStats()))
     batches = [m for m in messages if isinstance(m, ReadingBatch)]
     assert sum(len(b.readings) for b in batches) > 5 * len(batches)
 
@@ -776,5 +781,5 @@ def test_soak_corrupt_slow_and_disconnecting_inverter_for_30_seconds(simulator: 
     assert wanted <= {object_id for object_id, _, _ in readings}
     assert_values_were_sent(sim, readings)
     stats = [m.stats for m in messages if isinstance(m, Heartbeat)][-1]
-    assert stats.connects >= 3 and stats.decode_errors
+    assert stats["connects"] >= 3 and stats["decode_errors"]
     assert sim.stats.corrupted > 0 and sim.stats.disconnects >= 2

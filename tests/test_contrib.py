@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from rctmon import catalog, health_metrics
+from rctmon import catalog, registry
 from support import REPO, require_binary
 
 CONTRIB = os.path.join(REPO, "contrib")
@@ -49,7 +49,7 @@ def exposed_metrics() -> dict[str, set[str]]:
             if row.kind is catalog.Kind.INFO:
                 labels.add(row.field)
         names[family] = labels
-    for metric in health_metrics.HEALTH_METRICS:
+    for metric in registry.HEALTH_METRICS:
         labels = set(metric.labels) | TARGET_LABELS
         if metric.type == "histogram":
             names[metric.name + "_bucket"] = labels | {"le"}
@@ -304,7 +304,7 @@ def test_every_alert_is_tested_firing_and_not_firing():
 
 
 def test_alerts_use_only_metrics_rctmon_exposes():
-    health = {m.name for m in health_metrics.HEALTH_METRICS}
+    health = {m.name for m in registry.HEALTH_METRICS}
     queries = [(rule["alert"], rule["expr"]) for rule in alert_rules()]
     assert check_queries(queries) == []
     for where, expr in queries:  # process health only: the rules must work with exposition off
@@ -457,7 +457,7 @@ def test_architecture_names_every_message_and_process():
     for name in message_types:
         assert hasattr(messages, name), f"rctmon.messages has no {name} any more: update docs/architecture.md"
         assert f"`{name}`" in text, f"docs/architecture.md does not explain {name}"
-    for process in health_metrics.PROCESSES + ("supervisor",):
+    for process in registry.PROCESSES + ("supervisor",):
         assert process in text
 
 

@@ -182,6 +182,25 @@ def test_killed_child_is_back_within_5s_and_counted(daemon: Daemon, role: str) -
         assert not missing_series(daemon.scrape())
 
 
+@pytest.mark.timeout(40)
+def test_a_restarted_endpoint_never_shows_a_restart_count_of_zero(daemon: Daemon) -> None:
+    """The shipped alert fires on restarts; a new incarnation that answered with 0 for a moment would reset it."""
+    wait_for(lambda: value(daemon.scrape(), "rctmon_process_up", process="prometheus") == 1, 10, message="up")
+    for kills in (1, 2):
+        old = daemon.children()["rctmon: prometheus"]
+        os.kill(old, signal.SIGKILL)
+        seen: list[float | None] = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and seen[-3:] != [kills] * 3:
+            try:
+                samples = daemon.scrape()  # waits in the supervisor's listen backlog while no child serves
+            except OSError:
+                continue  # the connection the killed child had accepted
+            seen.append(value(samples, "rctmon_process_restarts_total", process="prometheus"))
+        assert seen and all(count == kills for count in seen), seen
+        assert value(samples, "rctmon_decode_errors_total", kind="crc") is not None
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_inverter_gone_for_30s_shows_down_then_recovers(daemon: Daemon, simulator: Simulator) -> None:

@@ -1,6 +1,6 @@
 """The influxdb exporter child: readings -> spool -> a real write API (victoria-metrics) or a scripted fake.
 
-The child runs in a forked process exactly as the supervisor runs it (become_child, then run(config, channel)),
+The child runs in a forked process exactly as the supervisor runs it (become_child, then run_child),
 driven through a Channel pair by a stand-in supervisor that keeps unacknowledged batches and replays them, so
 "nothing lost" is checked end to end. Only the answers victoria-metrics never gives (401, 404, 400, 429, a hung
 server) come from a small fake HTTP server.
@@ -27,10 +27,11 @@ from rctmon.catalog import SERIES_BY_NAME, Series
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config, InfluxDBConfig
 from rctmon.exporters import influxwriter, lineprotocol
-from rctmon.exporters.influxwriter import Drainer, InfluxSender, StatsBox
+from rctmon.exporters.influxwriter import Drainer, InfluxSender, InfluxStats, StatsBox
 from rctmon.exporters.spool import Spool
 from rctmon.inventory import Inventory
-from rctmon.messages import Ack, Heartbeat, InfluxStats, Reading, ReadingBatch, Started, Stop
+from rctmon.messages import Ack, Heartbeat, Reading, ReadingBatch, Started, Stop
+from channels import wait_messages
 from support import REPO, wait_for
 from vmserver import VictoriaMetrics, victoria, wait_until_down  # noqa: F401 - victoria is a fixture
 
@@ -96,9 +97,10 @@ def stored(server: VictoriaMetrics) -> set[tuple[str, tuple[tuple[str, str], ...
 # --- the child under test and a stand-in supervisor ---------------------------------------------------------------
 
 
-def _child_main(config: Config, channel: Channel, parent_fd: int, log_path: str, overrides: dict[str, float]) -> None:
-    from rctmon.exporters import influxdb
+def _child_main(config: Config, channel: Channel, parent_fd: int, log_path: str, overrides: dict[str, Any]) -> None:
+    from rctmon.child import run_child
     from rctmon.proc import become_child
+    from rctmon.registry import CHILD_BY_NAME
 
     os.close(parent_fd)  # else the child would never see the supervisor's end close
     handler = logging.FileHandler(log_path)
@@ -106,10 +108,13 @@ def _child_main(config: Config, channel: Channel, parent_fd: int, log_path: str,
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    for name, value in overrides.items():
-        setattr(influxwriter, name, value)
+    from rctmon.exporters import influxdb
+
+    for name, value in overrides.items():  # "NAME": of influxwriter; "influxdb.NAME": of the exporter module
+        module, _, attribute = name.rpartition(".")
+        setattr(influxdb if module else influxwriter, attribute, value)
     become_child("influxdb")
-    influxdb.run(config, channel)
+    run_child(CHILD_BY_NAME["influxdb"], config, channel)
 
 
 @dataclass
@@ -118,7 +123,7 @@ class Child:
 
     config: Config
     log_path: Path
-    overrides: dict[str, float] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
     channel: Channel | None = None
     process: multiprocessing.process.BaseProcess | None = None
     acked: int = 0
@@ -156,7 +161,7 @@ class Child:
         """Receive what the child sent; return False once its channel closed."""
         assert self.channel is not None
         try:
-            messages = self.channel.wait(timeout)
+            messages = wait_messages(self.channel, timeout)
         except ChannelClosed:
             return False
         now = time.monotonic()
@@ -177,9 +182,7 @@ class Child:
 
     @property
     def stats(self) -> InfluxStats:
-        stats = self.heartbeats[-1].stats
-        assert isinstance(stats, InfluxStats)
-        return stats
+        return InfluxStats(**self.heartbeats[-1].stats)  # type: ignore[arg-type]
 
     def stop(self, timeout: float = 10.0) -> float:
         """Send Stop; return how long the child took to exit."""
@@ -214,7 +217,7 @@ def make_child(tmp_path: Path) -> Iterator[Callable[..., Child]]:
     """Build influxdb children on one spool; every one is killed after the test whatever happens."""
     children: list[Child] = []
 
-    def make(url: str, overrides: dict[str, float] | None = None, **influx: Any) -> Child:
+    def make(url: str, overrides: dict[str, Any] | None = None, **influx: Any) -> Child:
         settings = InfluxDBConfig(enable=True, url=url, token=f"rctmon:{TOKEN_SECRET}", org="rct", bucket="rct",
                                   flush_interval=0.2, timeout=5.0, spool_path=str(tmp_path / "spool.sqlite"))
         config = Config(influxdb=replace(settings, **influx))
@@ -536,6 +539,21 @@ def test_a_hung_server_delays_neither_acks_nor_stop(make_child: Callable[..., Ch
         assert {line.rsplit(b" ", 1)[-1] for line in spool.iter_lines()} == {f"{r[2]}".encode() for r in sent}
     finally:
         spool.close()
+
+
+def _broken_sender(settings: InfluxDBConfig) -> Any:
+    raise RuntimeError("a bug in the writer")
+
+
+@pytest.mark.timeout(30)
+def test_the_child_exits_with_status_1_when_its_drain_thread_ends(make_child: Callable[..., Child]) -> None:
+    child = make_child("http://127.0.0.1:9", overrides={"influxdb.InfluxSender": _broken_sender})
+    child.start(Inventory(name=INVERTER, complete=True))
+    assert child.process is not None
+    child.process.join(10)
+    assert child.process.exitcode == 1
+    log = child.log()
+    assert "a bug in the writer" in log and "the InfluxDB drain thread has ended" in log
 
 
 def _drainer(tmp_path: Path, url: str, **settings: Any) -> tuple[Spool, StatsBox, Drainer]:

@@ -16,7 +16,8 @@ import pytest
 import support
 from rctmon import catalog
 from rctmon.exporters.prometheus import FAMILIES, unit_of
-from rctmon.health_metrics import HEALTH_METRICS
+from rctmon.health_metrics import DROP_REASONS
+from rctmon.registry import HEALTH_METRICS
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from test_prometheus_exporter import INVENTORY, full_batch, full_health, make_config, start_exporter
@@ -117,3 +118,9 @@ def test_the_reference_gives_each_family_its_type_unit_labels_and_tier(full_scra
 def test_every_inverter_family_says_its_values_are_cached(full_scrape):
     for name in catalog.metric_families():
         assert "(cached; read every " in full_scrape[name].documentation, name
+
+
+def test_the_reference_explains_every_reason_readings_are_dropped():
+    with open(DOC, encoding="utf-8") as doc:
+        reasons = {match for line in doc for match in re.findall(r"^\| `(\w+)` \|", line)}
+    assert set(DROP_REASONS) <= reasons

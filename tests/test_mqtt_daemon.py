@@ -189,7 +189,8 @@ def test_broker_outage_neither_slows_the_collector_nor_stops_values_for_good(bro
         stale = max(stale, time.time() - daemon.metrics()["rctmon_last_reading_timestamp_seconds"])
     rate_during = (readings() - down_r) / (time.monotonic() - down_t)
     m = daemon.metrics()
-    assert m['rctmon_readings_dropped_total{process="mqtt"}'] == 0.0
+    assert m['rctmon_readings_dropped_total{process="mqtt",reason="backlog_full"}'] == 0.0
+    assert m['rctmon_readings_dropped_total{process="mqtt",reason="send_failed"}'] == 0.0
     assert m['rctmon_process_restarts_total{process="mqtt"}'] == 0.0
     restarts = {k: v for k, v in m.items() if k.startswith("rctmon_process_restarts_total")}
     assert stale < 6.0, f"no reading for {stale:.1f}s while the broker was down; {restarts}\n{daemon.log_tail()}"

@@ -1,7 +1,8 @@
 """The mqtt child against a real broker (mosquitto on loopback), plus its pure parts: payloads, topics, discovery.
 
-The child runs `rctmon.exporters.mqtt.run` in a forked process, talking to the test over a `Channel` pair exactly
-as it would to the supervisor; a paho subscriber in the test sees what the broker sees.
+The child runs its job (`rctmon.exporters.mqtt.MqttExporter`) in the shared child loop in a forked process, talking
+to the test over a `Channel` pair exactly as it would to the supervisor; a paho subscriber in the test sees what the
+broker sees.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from channels import wait_messages
 from mosquitto import Mosquitto, Recorder
 from support import require_binary, wait_for
 
@@ -27,7 +29,9 @@ from rctmon.config import Config
 from rctmon.exporters import homeassistant as ha
 from rctmon.exporters import mqtt
 from rctmon.inventory import Inventory
+from rctmon.child import run_child
 from rctmon.messages import Ack, DeviceStatus, Heartbeat, Reading, ReadingBatch, Started, Stop, Value
+from rctmon.registry import CHILD_BY_NAME
 
 INVENTORY = Inventory(name="PS 6.0 BA3L", serial="SN123", software_version="6390", parameter_file="VDE",
                       generators=("a", "b"), battery_modules=2, power_switch=True, complete=True)
@@ -66,7 +70,7 @@ def make_config(port: int, **mqtt: object) -> Config:
 
 def _child_main(config: Config, channel: Channel) -> None:
     proc.become_child("mqtt")
-    mqtt.run(config, channel)
+    run_child(CHILD_BY_NAME["mqtt"], config, channel)
 
 
 class Child:
@@ -86,7 +90,7 @@ class Child:
     def wait_message(self, predicate: Callable[[object], bool], timeout: float = 10.0, since: int = 0,
                      what: str = "a message") -> object:
         def poll() -> object | None:
-            self.received.extend(self.channel.wait(0.05))
+            self.received.extend(wait_messages(self.channel, 0.05))
             return next((m for m in self.received[since:] if predicate(m)), None)
         return wait_for(poll, timeout, interval=0.0, message=what)
 
@@ -94,7 +98,7 @@ class Child:
         self.wait_message(lambda m: isinstance(m, Ack) and m.seq >= seq, timeout, what=f"Ack({seq})")
 
     def wait_heartbeat(self, connected: bool, since: int, timeout: float = 10.0) -> Heartbeat:
-        hb = self.wait_message(lambda m: isinstance(m, Heartbeat) and m.stats.connected is connected,  # type: ignore
+        hb = self.wait_message(lambda m: isinstance(m, Heartbeat) and bool(m.stats["connected"]) is connected,  # type: ignore
                                timeout, since, what=f"a heartbeat with connected={connected}")
         assert isinstance(hb, Heartbeat)
         return hb
@@ -203,7 +207,8 @@ def test_discovery_availability_values_and_clean_stop(broker, children, recorder
     since = len(child.received)
     hb = child.wait_heartbeat(True, since)
     assert hb.process == "mqtt" and hb.pid == child.process.pid and hb.rss_bytes > 0
-    assert hb.stats.messages_published >= len(SAMPLES) + enabled and hb.stats.publish_errors == 0  # type: ignore
+    assert hb.stats["messages_published"] >= len(SAMPLES) + enabled  # type: ignore[operator]
+    assert hb.stats["publish_errors"] == 0
 
     assert child.stop() < 2.0
     assert child.process.exitcode == 0
@@ -254,14 +259,14 @@ def test_broker_down_at_start_and_restarted_acks_never_stop(tmp_path, children, 
         since = len(child.received)
         seq, slowest = 1, 0.0
         power = "dc_conv.dc_conv_struct[0].p_dc_lp"
-        while not any(isinstance(m, Heartbeat) and not m.stats.connected  # type: ignore[union-attr]
+        while not any(isinstance(m, Heartbeat) and not m.stats["connected"]
                       for m in child.received[since:]) or seq < 5:
             seq += 1
             start = time.monotonic()
             child.send(ReadingBatch((reading(power, 1000.0 + seq),), seq=seq))
             child.wait_ack(seq, timeout=1.0)
             slowest = max(slowest, time.monotonic() - start)
-            child.received.extend(child.channel.wait(0.2))
+            child.received.extend(wait_messages(child.channel, 0.2))
         assert slowest < 0.5, f"an ack took {slowest:.3f}s while the broker was down"
 
         broker.start()  # without persistence: every retained message is gone and must be published again
@@ -276,7 +281,7 @@ def test_broker_down_at_start_and_restarted_acks_never_stop(tmp_path, children, 
         child.wait_ack(seq)
         recorder.wait_last(f"{PREFIX}/generator/a/power", "42")
         hb = child.wait_heartbeat(True, since=len(child.received))
-        assert hb.stats.connected  # type: ignore[union-attr]
+        assert hb.stats["connected"]
     finally:
         broker.stop()
 

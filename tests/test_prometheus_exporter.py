@@ -7,6 +7,7 @@ Nothing is mocked: messages go through `rctmon.channel.Channel`, scrapes through
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import http.client
 import json
@@ -19,24 +20,29 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rctclient.types import DataType
 
 import support
+from channels import wait_messages
 from rctmon import catalog
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config
 from rctmon.exporters import http as endpoint_http
+from rctmon.exporters.httpserver import Response
 from rctmon.exporters.listen import bind_endpoint
-from rctmon.exporters.prometheus import run
-from rctmon.health_metrics import HEALTH_METRICS
+import rctmon.child
+import rctmon.exporters.prometheus
+from rctmon.child import ChildContext, run_child
+from rctmon.collector.framer import DECODE_ERROR_KINDS
+from rctmon.exporters.prometheus import PrometheusExporter
 from rctmon.inventory import Inventory
-from rctmon.messages import (CollectorStats, DeviceStatus, Health, Heartbeat, InfluxStats, MqttStats, ProcessHealth,
-                             ReadingBatch, Started, Stop)
+from rctmon.messages import DeviceStatus, Health, Heartbeat, ReadingBatch, Started, Stop
 from rctmon.proc import become_child
+from rctmon.registry import CHILD_BY_NAME, CHILDREN, HEALTH_METRICS, INFLUXDB_WRITE_ERROR_KINDS, ChildSpec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -84,19 +90,29 @@ def full_batch(inventory: Inventory = INVENTORY, taken_ns: int | None = None, se
     return ReadingBatch(readings + ((0x0BADF00D, 1.0, now),), seq=seq)
 
 
-def full_health(processes: Sequence[str] = ("collector", "prometheus", "influxdb", "mqtt", "supervisor")) -> Health:
-    stats = CollectorStats(connects=2, frames_sent=100, frames_received=98, bytes_sent=1000, bytes_received=5000,
-                           request_timeouts=2, readings=96, decode_errors={"crc": 3, "garbage": 1},
-                           response_buckets=(10, 20, 30, 40, 50, 60, 70, 80, 90), response_count=98,
-                           response_sum=12.5, inventory_complete=True, last_reading_ns=time.time_ns())
-    return Health(
-        processes={name: ProcessHealth(up=True, restarts=1, readings_dropped=0, rss_bytes=1 << 20, cpu_seconds=0.5)
-                   for name in processes},
-        collector=stats,
-        influxdb=InfluxStats(points_written=50, write_errors={"timeout": 1}, spool_points=3, points_dropped=0,
-                             last_write_timestamp=time.time()),
-        mqtt=MqttStats(connected=True, messages_published=10, publish_errors=0),
-        device_up=True, inventory=INVENTORY)
+def supervisor_health(config: Config, restarts: int = 0) -> Health:
+    """Return the Health the supervisor sends a new prometheus child before anything has been counted."""
+    processes = [spec.name for spec in CHILDREN if spec.enabled(config)]
+    own = {"up": dict.fromkeys(processes, 0), "restarts": dict.fromkeys(processes, restarts),
+           "resident_memory_bytes": dict.fromkeys(processes, 0), "cpu_seconds": dict.fromkeys(processes, 0.0)}
+    return Health({**{name: {} for name in processes}, "supervisor": own})
+
+
+def full_health(processes: Sequence[str] = ("collector", "prometheus", "influxdb", "mqtt")) -> Health:
+    collector = {"connects": 2, "frames_sent": 100, "frames_received": 98, "bytes_sent": 1000, "bytes_received": 5000,
+                 "request_timeouts": 2, "readings": 96, "decode_errors": {"crc": 3, "garbage": 1},
+                 "response_buckets": (10, 20, 30, 40, 50, 60, 70, 80, 90), "response_count": 98,
+                 "response_sum": 12.5, "inventory_complete": True, "last_reading_ns": time.time_ns()}
+    influxdb = {"points_written": 50, "write_errors": {"timeout": 1}, "spool_points": 3, "points_dropped": 0,
+                "last_write_timestamp": time.time()}
+    mqtt = {"connected": 1, "messages_published": 10, "publish_errors": 0}
+    everyone = (*processes, "supervisor")
+    own = {"build_info": {"1.0": 1}, "up": dict.fromkeys(everyone, 1), "restarts": dict.fromkeys(everyone, 1),
+           "resident_memory_bytes": dict.fromkeys(everyone, 1 << 20), "cpu_seconds": dict.fromkeys(everyone, 0.5),
+           "readings_dropped": {("influxdb", "backlog_full"): 7}, "device_up": 1, "inventory_complete": 1,
+           "readings": 96, "last_reading_seconds": time.time()}
+    stats = {"collector": collector, "influxdb": influxdb, "mqtt": mqtt, "prometheus": {}}
+    return Health({**{name: stats[name] for name in processes}, "supervisor": own}, inventory=INVENTORY)
 
 
 def make_config(exposition: bool = True, influxdb: bool = True, mqtt: bool = True) -> Config:
@@ -110,10 +126,14 @@ def make_config(exposition: bool = True, influxdb: bool = True, mqtt: bool = Tru
 # --- running the child ----------------------------------------------------------------------------------------------
 
 
-def _child_main(config: Config, channel: Channel, parent_end: Channel, sock: socket.socket) -> None:
+PROMETHEUS = CHILD_BY_NAME["prometheus"]
+
+
+def _child_main(config: Config, channel: Channel, parent_end: Channel, sock: socket.socket,
+                spec: ChildSpec = PROMETHEUS) -> None:
     parent_end.close()  # or the child itself would keep the channel open and never see the parent go
     become_child("prometheus")
-    run(config, channel, sock)
+    run_child(spec, config, channel, sock)
 
 
 @dataclass
@@ -195,15 +215,17 @@ def start_exporter() -> Iterator:
     started: list[Exporter] = []
 
     def start(config: Config, tls_ca: str | None = None, auth: tuple[str, str] | None = None,
-              wait: bool = True) -> Exporter:
+              wait: bool = True, health: Health | None = None, spec: ChildSpec = PROMETHEUS) -> Exporter:
+        """Start a child as the supervisor does: the socket handed over, and (unless `wait` is off) its Health."""
         sock = bind_endpoint("127.0.0.1", 0)  # port 0: the kernel picks a free one, no race with other tests
         ours, theirs = Channel.pair()
-        process = _FORK.Process(target=_child_main, args=(config, theirs, ours, sock), name="test-prometheus")
+        process = _FORK.Process(target=_child_main, args=(config, theirs, ours, sock, spec), name="test-prometheus")
         process.start()
         theirs.close()
         exporter = Exporter(process, ours, sock, tls_ca, auth)
         started.append(exporter)
         if wait:
+            exporter.send(health or supervisor_health(config))
             exporter.wait_started()
         return exporter
 
@@ -236,7 +258,7 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 def test_every_health_metric_is_exposed_with_its_type_and_labels(start_exporter):
     exporter = start_exporter(make_config(exposition=False))
     exporter.send(full_health(), full_batch())
-    text = support.wait_for(lambda: (t := exporter.metrics()) and 'kind="crc"' in t and t, 10,
+    text = support.wait_for(lambda: (t := exporter.metrics()) and 'kind="crc"} 3.0' in t and t, 10,
                             message="health in the exposition")
     found = families(text)
     for metric in HEALTH_METRICS:
@@ -262,10 +284,102 @@ def test_every_health_metric_is_exposed_with_its_type_and_labels(start_exporter)
 
 def test_metrics_of_disabled_exporters_are_not_exposed(start_exporter):
     exporter = start_exporter(make_config(exposition=False, influxdb=False, mqtt=False))
-    found = families(exporter.metrics())  # before any Health: zeros, but every family
+    found = families(exporter.metrics())  # nothing counted yet: zeros, but every family of a running process
     assert not [n for n in found if n.startswith(("rctmon_influxdb_", "rctmon_mqtt_"))]
     assert {m.name for m in HEALTH_METRICS if m.source not in ("influxdb", "mqtt")} <= set(found)
     assert sample(exporter.metrics(), "rctmon_process_up", process="prometheus") == 1
+    assert {s.labels["process"] for s in found["rctmon_process_up"].samples} == {"collector", "prometheus"}
+
+
+def test_every_labelled_series_whose_values_are_known_is_there_at_zero_from_the_first_scrape(start_exporter):
+    exporter = start_exporter(make_config(exposition=False))
+    text = exporter.metrics()
+    for kind in DECODE_ERROR_KINDS:
+        assert sample(text, "rctmon_decode_errors_total", kind=kind) == 0, kind
+    for kind in INFLUXDB_WRITE_ERROR_KINDS:
+        assert sample(text, "rctmon_influxdb_write_errors_total", kind=kind) == 0, kind
+    for process in ("collector", "prometheus", "influxdb", "mqtt"):
+        assert sample(text, "rctmon_process_restarts_total", process=process) == 0, process
+        assert sample(text, "rctmon_process_up", process=process) is not None, process
+
+
+def test_the_endpoint_answers_only_with_the_supervisors_health(start_exporter):
+    """A restarted child must never show a restart count of 0 (the shipped alert would fire on one restart)."""
+    config = make_config()
+    exporter = start_exporter(config, wait=False)
+    connected = threading.Event()
+    answers: list[str] = []
+
+    def scrape() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=10)
+        conn.connect()  # the supervisor's socket listens already: the connection waits in its backlog
+        connected.set()
+        conn.request("GET", "/metrics")
+        answers.append(conn.getresponse().read().decode())
+        conn.close()
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        assert connected.wait(5)
+        assert not [m for m in exporter.drain() if isinstance(m, Started)]
+        exporter.send(supervisor_health(config, restarts=3))
+        scraper.join(10)
+    finally:
+        scraper.join(10)
+    assert sample(answers[0], "rctmon_process_restarts_total", process="prometheus") == 3
+
+
+class EndpointThatStops(PrometheusExporter):
+    """A prometheus child whose serving task ends (as the threaded endpoint's did when Thread.start raised)."""
+
+    async def start(self) -> Sequence[Awaitable[object]]:
+        work = await super().start()
+        assert self.serving is not None
+        self.serving.cancel()
+        return work
+
+
+@dataclass(frozen=True)
+class Break:
+    """Tells BrokenEndpoint to answer /metrics with 500 from now on."""
+
+
+class BrokenEndpoint(PrometheusExporter):
+    """A prometheus child whose endpoint stops answering /metrics: its process and its loop live on."""
+
+    def __init__(self, context: ChildContext) -> None:
+        super().__init__(context)
+        rctmon.child.HEARTBEAT_INTERVAL = 0.2  # this process only (forked): a quick test
+        rctmon.exporters.prometheus.PROBE_INTERVAL = 0.0  # ask at every heartbeat
+
+    def receive(self, messages: Sequence[object]) -> None:
+        if any(isinstance(m, Break) for m in messages):
+            endpoint_http._ROUTES["/metrics"] = lambda app, request: Response(500, b"broken\n")
+        super().receive([m for m in messages if not isinstance(m, Break)])
+
+
+def test_no_heartbeat_while_the_endpoint_does_not_answer_its_own_request(start_exporter):
+    spec = dataclasses.replace(PROMETHEUS, job="test_prometheus_exporter:BrokenEndpoint")
+    exporter = start_exporter(make_config(), spec=spec)
+    support.wait_for(lambda: len([m for m in exporter.drain() if isinstance(m, Heartbeat)]) >= 3, 5,
+                     message="heartbeats every 0.2 s")
+    exporter.send(Break())
+    broken = len(exporter.drain())
+    deadline = time.monotonic() + 3.0  # fifteen heartbeat intervals
+    while time.monotonic() < deadline:
+        exporter.received.extend(wait_messages(exporter.channel, 0.1))
+    after = [m for m in exporter.received[broken:] if isinstance(m, Heartbeat)]
+    assert len(after) <= 1, "at most the one already on its way"  # the supervisor kills it after its silence limit
+    assert exporter.process.is_alive()
+    assert exporter.get("/")[0] == 200  # the loop itself lives on
+
+
+def test_a_child_whose_endpoint_stopped_serving_exits_with_status_1(start_exporter):
+    spec = dataclasses.replace(PROMETHEUS, job="test_prometheus_exporter:EndpointThatStops")
+    exporter = start_exporter(make_config(), spec=spec)
+    exporter.process.join(10)
+    assert exporter.process.exitcode == 1
 
 
 def test_device_status_and_inventory_messages_are_applied(start_exporter):
@@ -434,6 +548,7 @@ def test_the_port_stays_bound_across_child_restarts(start_exporter):
     theirs.close()
     second = Exporter(process, ours, socket.socket(fileno=os.dup(sock.fileno())))
     try:
+        second.send(supervisor_health(make_config()))
         second.wait_started()
         assert second.get("/")[0] == 200
     finally:
@@ -448,7 +563,7 @@ def test_promtool_check_metrics_finds_nothing(start_exporter):
     exporter = start_exporter(make_config(exposition=True))
     exporter.send(full_health(), full_batch())
     text = support.wait_for(lambda: (t := exporter.metrics()) and "rctmon_battery_module_info" in t
-                            and 'kind="crc"' in t and t, 5, message="a full exposition")
+                            and 'kind="crc"} 3.0' in t and t, 5, message="a full exposition")
     checked = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=20)
     complaints = [line for line in (checked.stdout + checked.stderr).decode().splitlines()
                   if line.strip() and line.strip() not in KNOWN_CATALOG_LINTS]
@@ -523,6 +638,8 @@ def test_https_with_basic_auth(start_exporter, certificate):
     config.prometheus.tls_cert_file, config.prometheus.tls_key_file = cert, key
     config.prometheus.basic_auth_username, config.prometheus.basic_auth_password = "prom", "s3cret:with colon"
     exporter = start_exporter(config, tls_ca=cert, auth=("prom", "s3cret:with colon"))
+    # a heartbeat goes out only when the child's own request (TLS, credentials) was answered
+    support.wait_for(lambda: [m for m in exporter.drain() if isinstance(m, Heartbeat)], 10, message="a heartbeat")
     status, _, body = exporter.get("/metrics")
     assert status == 200 and b"rctmon_process_up" in body
     status, headers, body = exporter.get("/metrics", auth=("prom", "wrong"))
@@ -538,6 +655,7 @@ def test_basic_auth_without_tls(start_exporter):
     config = make_config()
     config.prometheus.basic_auth_username, config.prometheus.basic_auth_password = "prom", "pw"
     exporter = start_exporter(config, auth=("prom", "pw"))
+    support.wait_for(lambda: [m for m in exporter.drain() if isinstance(m, Heartbeat)], 10, message="a heartbeat")
     assert exporter.get("/metrics")[0] == 200
     assert exporter.get("/", auth=("prom", "nope"))[0] == 401
 

@@ -6,23 +6,26 @@ restart policy and signal handling without an inverter; tests/test_daemon.py run
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import multiprocessing
 import os
 import signal
 import socket
 import time
-from typing import Callable
-from collections.abc import Iterator
+from typing import Any
+from collections.abc import Awaitable, Iterator, Sequence
 
 import pytest
 
 from support import child_pids, pid_gone, wait_for
 from rctmon import supervisor as sv
-from rctmon.channel import Channel, ChannelClosed
-from rctmon.config import Config
+from rctmon import systemd
+from rctmon.child import ChildContext, Job
 from rctmon.inventory import Inventory
-from rctmon.messages import Ack, DeviceStatus, Health, Heartbeat, ReadingBatch, Started, Stop
+from rctmon.messages import Ack, DeviceStatus, Health, ReadingBatch
+from rctmon.registry import ChildSpec
 from rctmon.systemd import Notifier
 
 WORKDIR_ENV = "RCTMON_TEST_WORKDIR"
@@ -32,78 +35,70 @@ def _workdir() -> str:
     return os.environ[WORKDIR_ENV]
 
 
-def fake_collector(config: Config, channel: Channel, extra: object) -> None:
+class FakeCollector(Job):
     """Send a batch of 5 numbered readings every 20 ms; record the last number sent."""
-    channel.send(Started("collector"))
-    channel.send(Inventory(name="fake", generators=("a",), complete=True))
-    channel.send(DeviceStatus(up=True))
-    counter_file = os.path.join(_workdir(), "collector-last")
-    last = int(open(counter_file).read()) if os.path.exists(counter_file) else 0
-    beat = 0.0
-    while True:
-        try:
-            for message in channel.wait(0.02):
-                if isinstance(message, Stop):
-                    return
-        except ChannelClosed:
-            return
-        readings = tuple((n, float(n), time.time_ns()) for n in range(last + 1, last + 6))
-        if channel.send(ReadingBatch(readings)):
-            last += 5
-            with open(counter_file + ".tmp", "w") as f:
-                f.write(str(last))
-            os.replace(counter_file + ".tmp", counter_file)
-        if time.monotonic() - beat > 0.5:
-            beat = time.monotonic()
-            channel.send(Heartbeat("collector", os.getpid(), 1, 0.0))
+
+    async def start(self) -> Sequence[Awaitable[object]]:
+        self.context.send(Inventory(name="fake", generators=("a",), complete=True))
+        self.context.send(DeviceStatus(up=True))
+        return (self._produce(),)
+
+    async def _produce(self) -> None:
+        counter_file = os.path.join(_workdir(), "collector-last")
+        last = int(open(counter_file).read()) if os.path.exists(counter_file) else 0
+        while True:
+            await asyncio.sleep(0.02)
+            readings = tuple((n, float(n), time.time_ns()) for n in range(last + 1, last + 6))
+            if self.context.send(ReadingBatch(readings)):
+                last += 5
+                with open(counter_file + ".tmp", "w") as f:
+                    f.write(str(last))
+                os.replace(counter_file + ".tmp", counter_file)
 
 
-def _serve(role: str, channel: Channel, handle: Callable[[object], None]) -> None:
-    """Be a stand-in exporter: report Started, hand every message to `handle`, heartbeat, stop when told."""
-    channel.send(Started(role))
-    while True:
-        try:
-            messages = channel.wait(0.5)
-        except ChannelClosed:
-            return
-        for message in messages:
-            if isinstance(message, Stop):
-                return
-            handle(message)
-        channel.send(Heartbeat(role, os.getpid(), 1, 0.0))
-
-
-def fake_spooling_exporter(config: Config, channel: Channel, extra: object) -> None:
+class FakeSpoolingExporter(Job):
     """Record every reading number it receives (its 'spool'), then acknowledge the batch."""
-    spool = open(os.path.join(_workdir(), "spool"), "a")
 
-    def handle(message: object) -> None:
-        if isinstance(message, ReadingBatch):
-            spool.write("".join(f"{oid}\n" for oid, _, _ in message.readings))
-            spool.flush()
-            channel.send(Ack(message.seq))
+    def __init__(self, context: ChildContext) -> None:
+        super().__init__(context)
+        self.spool = open(os.path.join(_workdir(), "spool"), "a")
 
-    _serve("influxdb", channel, handle)
+    def receive(self, messages: Sequence[object]) -> None:
+        for message in messages:
+            if isinstance(message, ReadingBatch):
+                self.spool.write("".join(f"{oid}\n" for oid, _, _ in message.readings))
+                self.spool.flush()
+                if not os.path.exists(os.path.join(_workdir(), "no-acks")):
+                    self.context.send(Ack(message.seq))
 
 
-def fake_health_recorder(config: Config, channel: Channel, extra: object) -> None:
+class FakeHealthRecorder(Job):
     """Stand in for the prometheus child: write the latest Health to a file."""
-    path = os.path.join(_workdir(), "health.json")
 
-    def handle(message: object) -> None:
-        if isinstance(message, Health):
-            data = {name: {"up": p.up, "restarts": p.restarts} for name, p in message.processes.items()}
-            with open(path + ".tmp", "w") as f:
-                json.dump({"processes": data, "device_up": message.device_up}, f)
-            os.replace(path + ".tmp", path)
+    def receive(self, messages: Sequence[object]) -> None:
+        path = os.path.join(_workdir(), "health.json")
+        for message in messages:
+            if isinstance(message, Health):
+                own = message.stats["supervisor"]
+                data = {"processes": {name: {"up": up, "restarts": own["restarts"][name]}  # type: ignore[index]
+                                      for name, up in own["up"].items()},  # type: ignore[union-attr]
+                        "dropped": [[process, reason, count]
+                                    for (process, reason), count in own["readings_dropped"].items()],  # type: ignore
+                        "device_up": own["device_up"]}
+                with open(path + ".tmp", "w") as f:
+                    json.dump(data, f)
+                os.replace(path + ".tmp", path)
 
-    _serve("prometheus", channel, handle)
+
+def _spec(name: str, job: str, **needs: Any) -> ChildSpec:
+    return ChildSpec(name, f"test_supervisor:{job}", enabled=lambda c: True,
+                     settings=lambda c: (c.device.port if name == "collector" else c.device.host), **needs)
 
 
 SPECS = (
-    sv.ChildSpec("collector", fake_collector, False, False, lambda c: True),
-    sv.ChildSpec("prometheus", fake_health_recorder, True, False, lambda c: True),
-    sv.ChildSpec("influxdb", fake_spooling_exporter, True, True, lambda c: True),
+    _spec("collector", "FakeCollector", drops=("channel_full",)),
+    _spec("prometheus", "FakeHealthRecorder", readings=True, replay_latest=True, health=True),
+    _spec("influxdb", "FakeSpoolingExporter", readings=True, acknowledges=True),
 )
 
 
@@ -111,6 +106,12 @@ def _supervise(workdir: str, config_path: str) -> None:
     os.environ[WORKDIR_ENV] = workdir
     from rctmon import config as config_module
 
+    limit = os.path.join(workdir, "backlog-max")
+    if os.path.exists(limit):  # small enough for the overflow test to fill it in a second
+        sv.BACKLOG_MAX_READINGS = int(open(limit).read())
+    handler = logging.FileHandler(os.path.join(workdir, "supervisor.log"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
     config = config_module.load(config_path)
     code = sv.Supervisor(config, config_path, notifier=Notifier(), specs=SPECS).run()
     os._exit(code)
@@ -149,6 +150,10 @@ class Running:
     def collector_last(self) -> int:
         with open(os.path.join(self.workdir, "collector-last")) as f:
             return int(f.read())
+
+    def log(self) -> str:
+        with open(os.path.join(self.workdir, "supervisor.log")) as f:
+            return f.read()
 
     def spooled(self) -> list[int]:
         with open(os.path.join(self.workdir, "spool")) as f:
@@ -257,17 +262,68 @@ def test_sighup_with_invalid_config_keeps_running(daemon: Running) -> None:
     assert daemon.children() == before
 
 
+def _reload(daemon: Running, text: str) -> None:
+    with open(daemon.config_path, "w") as f:
+        f.write(text)
+    os.kill(daemon.pid, signal.SIGHUP)
+
+
 @pytest.mark.timeout(30)
-def test_sighup_with_valid_config_restarts_children_without_counting(daemon: Running) -> None:
+def test_sighup_replaces_only_the_children_whose_settings_changed_without_counting(daemon: Running) -> None:
     wait_for(lambda: _all_up(daemon), 10, message="all children up")
     before = daemon.children()
-    with open(daemon.config_path, "w") as f:
-        f.write("prometheus:\n  enable: false\ndevice:\n  port: 8900\n")
-    os.kill(daemon.pid, signal.SIGHUP)
-    wait_for(lambda: len(daemon.children()) == 3 and
-             not set(daemon.children().values()) & set(before.values()), 10, message="new children")
+    _reload(daemon, "prometheus:\n  enable: false\ndevice:\n  port: 8900\n")  # the collector's settings only
+    wait_for(lambda: daemon.children().get("rctmon: collector") not in (None, before["rctmon: collector"]), 10,
+             message="a new collector")
+    wait_for(lambda: _all_up(daemon), 10, message="all children up again")
+    after = daemon.children()
+    assert {k: v for k, v in after.items() if k != "rctmon: collector"} == \
+        {k: v for k, v in before.items() if k != "rctmon: collector"}, "the exporters were left alone"
+    _reload(daemon, "prometheus:\n  enable: false\ndevice:\n  port: 8900\n  host: 127.0.0.2\n")  # the others'
+    wait_for(lambda: not set(daemon.children().values()) & {after["rctmon: prometheus"], after["rctmon: influxdb"]}
+             and len(daemon.children()) == 3, 10, message="new exporters")
+    assert daemon.children()["rctmon: collector"] == after["rctmon: collector"]
     wait_for(lambda: _all_up(daemon), 10, message="all children up again")
     assert all(p["restarts"] == 0 for p in daemon.health()["processes"].values())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("content", [
+    "", "  \n# only a comment\n", "prometheus:\n  enable: [\n",
+    # valid, but this machine cannot run it (rctmon.preflight): the spool directory cannot be written
+    "prometheus:\n  enable: false\ninfluxdb:\n  enable: true\n  spool_path: /proc/rctmon-nowhere/spool.sqlite\n",
+])
+def test_sighup_with_an_empty_or_broken_file_keeps_the_running_configuration(daemon: Running, content: str) -> None:
+    wait_for(lambda: _all_up(daemon), 10, message="all children up")
+    before = daemon.children()
+    _reload(daemon, content)
+    wait_for(lambda: "SIGHUP: keeping the running configuration" in daemon.log(), 10, message="the reload refused")
+    mark = daemon.collector_last()
+    wait_for(lambda: daemon.collector_last() > mark + 50, 10, message="readings still flowing")
+    assert daemon.children() == before
+
+
+@pytest.mark.timeout(30)
+def test_a_full_backlog_drops_the_oldest_readings_and_counts_them(tmp_path) -> None:
+    (tmp_path / "backlog-max").write_text("500")
+    daemon = Running(tmp_path, {})
+    try:
+        wait_for(lambda: _all_up(daemon), 10, message="all children up")
+        open(os.path.join(daemon.workdir, "no-acks"), "w").close()  # the spooling exporter stops acknowledging
+        _wait_dropped(daemon)
+    finally:
+        daemon.stop()
+
+
+def _wait_dropped(daemon: Running) -> None:
+
+    def dropped() -> int:
+        return sum(count for process, reason, count in daemon.health()["dropped"]
+                   if (process, reason) == ("influxdb", "backlog_full"))
+
+    wait_for(lambda: dropped() > 500, 10, message="readings dropped from the full backlog")
+    reasons = {(process, reason) for process, reason, _ in daemon.health()["dropped"]}
+    assert reasons == {("collector", "channel_full"), ("prometheus", "send_failed"), ("influxdb", "backlog_full")}
 
 
 def _receive_until(sock: socket.socket, want: str, timeout: float) -> list[str]:
@@ -323,28 +379,30 @@ def test_systemd_notify_ready_status_watchdog_stopping(tmp_path, notify_socket: 
         running.stop()
 
 
-def test_notifier_without_socket_does_nothing() -> None:
-    notifier = Notifier(environ={})
-    assert not notifier.enabled and notifier.watchdog_interval is None
+def test_notifier_without_socket_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    notifier = Notifier()
+    assert notifier.watchdog_interval is None
     assert notifier.notify("READY=1") is False
 
 
-def test_notifier_plain_socket_backend(tmp_path, notify_socket: socket.socket) -> None:
-    notifier = Notifier(environ={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"},
-                        use_library=False)
+def test_notifier_plain_socket_backend(tmp_path, notify_socket: socket.socket,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(systemd, "_systemd_python_sender", lambda: None)  # as where systemd-python is not installed
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    notifier = Notifier()
     assert notifier.backend == "socket" and notifier.watchdog_interval == 1.0
     notifier.ready("all good")
     assert notify_socket.recv(4096).decode() == "READY=1\nSTATUS=all good"
 
 
-def test_notifier_uses_systemd_python_when_installed(tmp_path, notify_socket: socket.socket) -> None:
+def test_notifier_uses_systemd_python_when_installed(tmp_path, notify_socket: socket.socket,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("systemd.daemon") if not os.environ.get("CI") else None
-    notifier = Notifier(environ={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))  # systemd-python reads it there too
+    notifier = Notifier()
     assert notifier.backend == "systemd-python"
-    # systemd-python reads NOTIFY_SOCKET from the real environment
-    os.environ["NOTIFY_SOCKET"] = str(tmp_path / "notify.sock")
-    try:
-        notifier.status("via library")
-        assert notify_socket.recv(4096).decode() == "STATUS=via library"
-    finally:
-        del os.environ["NOTIFY_SOCKET"]
+    notifier.status("via library")
+    assert notify_socket.recv(4096).decode() == "STATUS=via library"

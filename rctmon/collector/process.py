@@ -1,19 +1,21 @@
 """The collector process: keep one connection to the inverter, discover its inventory, poll it, report readings.
 
-`Collector` is the long-running logic and knows nothing about processes: it reports through a `Sink`. `run` is the
-child process' main: it connects a `Collector` to the supervisor's `Channel` inside one asyncio loop, sends
-heartbeats, and exits promptly on `Stop` or when the supervisor goes away.
+`Collector` is the long-running logic and knows nothing about processes: it reports through a `Sink`.
+`CollectorJob` is what the collector child runs in the loop every child shares (rctmon.child): the collector as its
+background work, reporting to the supervisor's channel; heartbeats, Stop and the supervisor going away are the
+loop's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
 from typing import Any, Protocol
+from collections.abc import Awaitable, Sequence
 
 from rctmon.catalog import OBJECTS, Tier, enabled_series
-from rctmon.channel import Channel, ChannelClosed
+from rctmon.child import ChildContext, Job
 from rctmon.collector.connection import (RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX, InverterConnection, LinkDown,
                                          Silence, describe, open_connection, reconnect_policy)
 from rctmon.collector.discovery import INVENTORY_IDS, discover
@@ -21,8 +23,8 @@ from rctmon.collector.framer import INVALID, Decoder, Frame
 from rctmon.collector.scheduler import Poller, TierClock, Window, ids_by_tier
 from rctmon.config import Config
 from rctmon.inventory import Inventory
-from rctmon.messages import CollectorStats, DeviceStatus, Heartbeat, Reading, ReadingBatch, Started, Stop
-from rctmon.proc import HEARTBEAT_INTERVAL, resource_usage
+from rctmon.health_metrics import CHANNEL_FULL
+from rctmon.messages import CollectorStats, DeviceStatus, Reading, ReadingBatch, Stats
 
 log = logging.getLogger("rctmon.collector")
 
@@ -30,8 +32,6 @@ log = logging.getLogger("rctmon.collector")
 FLUSH_DELAY = 0.15
 #: Every object whose answers the collector decodes: catalog series and inventory objects.
 TRACKED_IDS: frozenset[int] = frozenset(OBJECTS) | frozenset(INVENTORY_IDS)
-#: How long the process waits at exit for the channel to take its last messages.
-DRAIN_TIMEOUT = 0.5
 
 
 class Sink(Protocol):
@@ -209,107 +209,47 @@ class Collector:
 
 
 class ChannelSink:
-    """Report to the supervisor over a non-blocking channel; the loop writes the rest when the socket takes it."""
+    """Report to the supervisor through the child's channel; count the readings a full channel refuses."""
 
-    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
-        self._channel = channel
-        self._loop = loop
-        self._writing = False
-        self._drained = asyncio.Event()
-        self.dropped = 0
+    def __init__(self, context: ChildContext, stats: CollectorStats) -> None:
+        self._context = context
+        self._stats = stats
+        self._refused = 0
 
-    def send(self, message: object) -> None:
-        if not self._channel.send(message) and not self._channel.closed:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("supervisor is not reading; %d messages dropped", self.dropped)
-        self._watch()
+    def _send(self, message: object, readings: int = 0) -> None:
+        if self._context.send(message) or self._context.link is None or self._context.link.closed:
+            return  # sent, or the supervisor is gone (the child is ending)
+        if readings:
+            dropped = self._stats.readings_dropped
+            dropped[CHANNEL_FULL] = dropped.get(CHANNEL_FULL, 0) + readings
+        self._refused += 1
+        if self._refused == 1 or self._refused % 1000 == 0:
+            log.warning("the supervisor is not reading; %d messages dropped (%d readings)", self._refused,
+                        self._stats.readings_dropped.get(CHANNEL_FULL, 0))
 
     def status(self, up: bool, reason: str) -> None:
-        self.send(DeviceStatus(up, reason))
+        self._send(DeviceStatus(up, reason))
 
     def inventory(self, inventory: Inventory) -> None:
-        self.send(inventory)
+        self._send(inventory)
 
     def readings(self, readings: tuple[Reading, ...]) -> None:
-        self.send(ReadingBatch(readings))
-
-    def _watch(self) -> None:
-        if self._channel.pending_bytes and not self._channel.closed and not self._writing:
-            self._drained.clear()
-            self._loop.add_writer(self._channel.fileno(), self._writable)
-            self._writing = True
-
-    def _writable(self) -> None:
-        self._channel.flush()
-        if not self._channel.pending_bytes or self._channel.closed:
-            self._loop.remove_writer(self._channel.fileno())
-            self._writing = False
-            self._drained.set()
-
-    async def drain(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for queued messages to be written."""
-        if self._writing:
-            try:
-                await asyncio.wait_for(self._drained.wait(), timeout)
-            except asyncio.TimeoutError:
-                log.warning("exiting with %d bytes the supervisor did not take", self._channel.pending_bytes)
-
-    def close(self) -> None:
-        if self._writing and not self._channel.closed:
-            self._loop.remove_writer(self._channel.fileno())
-        self._writing = False
+        self._send(ReadingBatch(readings), len(readings))
 
 
-async def _heartbeats(sink: ChannelSink, stats: CollectorStats) -> None:
-    pid = os.getpid()
-    while True:
-        rss, cpu = resource_usage()
-        sink.send(Heartbeat("collector", pid, rss, cpu, stats))
-        await asyncio.sleep(HEARTBEAT_INTERVAL)
+class CollectorJob(Job):
+    """The collector child: the collector runs as the job's background work until Stop."""
 
+    def __init__(self, context: ChildContext) -> None:
+        super().__init__(context)
+        self.counters = CollectorStats()
+        self.collector = Collector(context.config, ChannelSink(context, self.counters), self.counters)
 
-async def _main(config: Config, channel: Channel) -> None:
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    fd = channel.fileno()
+    async def start(self) -> Sequence[Awaitable[object]]:
+        return (self.collector.run(),)
 
-    def readable() -> None:
-        try:
-            messages = channel.receive()
-        except ChannelClosed:
-            log.info("supervisor gone; stopping")
-            loop.remove_reader(fd)
-            stopping.set()
-            return
-        if any(isinstance(message, Stop) for message in messages):
-            log.info("stopping")
-            stopping.set()
+    def stats(self) -> Stats:
+        return dataclasses.asdict(self.counters)
 
-    sink = ChannelSink(channel, loop)
-    loop.add_reader(fd, readable)
-    sink.send(Started("collector"))
-    stats = CollectorStats()
-    collector = Collector(config, sink, stats)
-    work = asyncio.ensure_future(collector.run())
-    beats = asyncio.ensure_future(_heartbeats(sink, stats))
-    stop = asyncio.ensure_future(stopping.wait())
-    try:
-        done, _ = await asyncio.wait([work, beats, stop], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        loop.remove_reader(fd)
-        for task in (work, beats, stop):
-            task.cancel()
-        await asyncio.gather(work, beats, stop, return_exceptions=True)
-        collector.flush()
-        if not channel.closed:
-            await sink.drain(DRAIN_TIMEOUT)
-        sink.close()
-    for finished in done:
-        if finished is not stop and not finished.cancelled() and finished.exception() is not None:
-            raise finished.exception()  # type: ignore[misc]
-
-
-def run(config: Config, channel: Channel) -> None:
-    """Collector process main: report to the supervisor over `channel` until Stop or until the channel closes."""
-    asyncio.run(_main(config, channel))
+    async def stop(self) -> None:
+        self.collector.flush()  # readings of a burst cut short still reach the supervisor

@@ -1,14 +1,14 @@
 """The `influxdb` child process: receive readings, make them durable, acknowledge; a thread writes them out.
 
-    supervisor --ReadingBatch(seq)--> main thread --lines--> spool (sqlite, WAL) --Ack(seq)--> supervisor
-                                                              spool --drain thread--> InfluxDB
+    supervisor --ReadingBatch(seq)--> child's loop --lines--> spool (sqlite, WAL) --Ack(seq)--> supervisor
+                                                               spool --drain thread--> InfluxDB
 
-The main thread never talks to InfluxDB, so a hung, absent or refusing InfluxDB cannot delay an acknowledgement,
-and the supervisor's backlog (which holds every batch until its Ack) stays small. An Ack is sent only after the
-batch (and every earlier one) is committed to the spool, so a batch is always either in the supervisor's backlog or
-in the spool: kill -9 of this process loses nothing, and the supervisor replays unacknowledged batches to the next
-incarnation. A batch replayed after being spooled (the Ack was lost with the process) is written twice with the
-same series and timestamps, which InfluxDB stores as one point.
+The child's loop (rctmon.child, in the main thread) never talks to InfluxDB, so a hung, absent or refusing InfluxDB
+cannot delay an acknowledgement, and the supervisor's backlog (which holds every batch until its Ack) stays small.
+An Ack is sent only after the batch (and every earlier one) is committed to the spool, so a batch is always either
+in the supervisor's backlog or in the spool: kill -9 of this process loses nothing, and the supervisor replays
+unacknowledged batches to the next incarnation. A batch replayed after being spooled (the Ack was lost with the
+process) is written twice with the same series and timestamps, which InfluxDB stores as one point.
 
 Readings that arrive before the inverter's name (the `inverter` tag) is known are held in the spool as raw
 readings and become points as soon as an Inventory names the inverter.
@@ -16,24 +16,21 @@ readings and become points as soon as an Inventory names the inverter.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import sqlite3
 from typing import Callable
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
-from rctmon.channel import Channel, ChannelClosed
-from rctmon.config import Config
+from rctmon.child import ChildContext, Job
 from rctmon.exporters.influxwriter import Drainer, InfluxSender, StatsBox
 from rctmon.exporters.lineprotocol import EXPORTED_IDS, LineEncoder, inverter_tag
 from rctmon.exporters.spool import Spool, SpoolLocked, spool_path
 from rctmon.inventory import Inventory
-from rctmon.messages import Ack, DeviceStatus, Heartbeat, ReadingBatch, Started, Stop
-from rctmon.proc import HEARTBEAT_INTERVAL, Every, resource_usage
+from rctmon.messages import Ack, ReadingBatch, Stats
 
 log = logging.getLogger("rctmon.influxdb")
 
-PROCESS = "influxdb"
 FINAL_FLUSH = 1.0  # seconds a healthy writer gets on Stop to send what the last flush interval collected
 STOP_JOIN = 0.5  # seconds to wait for the drain thread after that (a write in flight is abandoned)
 MAX_READINGS_PER_COMMIT = 20000  # a long replay is committed (and acknowledged) in slices
@@ -109,76 +106,63 @@ class Receiver:
             log.debug("%d readings with values InfluxDB cannot store were dropped", count)
 
 
-def _heartbeat(stats: StatsBox, spool: Spool) -> Heartbeat:
-    rss, cpu = resource_usage()
-    return Heartbeat(process=PROCESS, pid=os.getpid(), rss_bytes=rss, cpu_seconds=cpu,
-                     stats=stats.snapshot(spool.count + spool.held_count))
+class InfluxExporter(Job):
+    """The influxdb child's job: spool what arrives and acknowledge it; the drain thread writes it out."""
+
+    def __init__(self, context: ChildContext) -> None:
+        super().__init__(context)
+        settings = context.config.influxdb
+        self.path = spool_path(settings)
+        try:
+            self.spool = Spool(self.path, settings.spool_max_points)
+        except SpoolLocked as exc:
+            log.error("%s", exc)  # says who holds it and what to do; no hint about permissions
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            log.error("cannot open the InfluxDB spool %s: %s; check the directory's permissions and free space, or "
+                      "set influxdb.spool_path", self.path, exc)
+            raise
+        self.counters = StatsBox()
+        # Without the thread nothing reaches InfluxDB: its end ends the child, and the supervisor starts a fresh one.
+        self.drainer = Drainer(self.spool, lambda: InfluxSender(settings), settings, self.counters,
+                               on_exit=lambda: context.fail("the InfluxDB drain thread has ended"))
+        self.receiver = Receiver(self.spool, self.counters, self.drainer.points_spooled)
+        self.ack_sent = 0
+
+    async def start(self) -> Sequence[Awaitable[object]]:
+        settings = self.context.config.influxdb
+        log.info("writing to InfluxDB at %s (bucket %s); spool %s holds %d points", settings.url, settings.bucket,
+                 self.path, self.spool.count + self.spool.held_count)
+        self.drainer.start()
+        return ()
+
+    def receive(self, messages: Sequence[object]) -> None:
+        for message in messages:
+            if isinstance(message, ReadingBatch):
+                self.receiver.add(message)
+            elif isinstance(message, Inventory):
+                self.receiver.inventory(message)
+            # DeviceStatus: readings simply stop while the inverter is away; nothing to do here
+        self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Commit what arrived and acknowledge it; an Ack the full channel refused goes with the next one."""
+        if self.receiver.commit() > self.ack_sent and self.context.send(Ack(self.receiver.acked)):
+            self.ack_sent = self.receiver.acked
+
+    def stats(self) -> Stats:
+        return dataclasses.asdict(self.counters.snapshot(self.spool.count + self.spool.held_count))
+
+    async def stop(self) -> None:
+        self._acknowledge()
+        if self.drainer.healthy and self.spool.count:
+            self.drainer.wait_drained(FINAL_FLUSH)
+
+    def close(self) -> None:
+        self.receiver.commit()  # what arrived is durable, whoever is left to acknowledge it to
+        if self.drainer.stop(STOP_JOIN):
+            self.spool.close()  # otherwise the thread may still use it; the process is about to end anyway
+        log.info("stopped; %d points stay in the spool", self.spool.count + self.spool.held_count)
 
 
-def _handle(messages: Sequence[object], receiver: Receiver) -> bool:
-    """Apply received messages in order; return True on Stop."""
-    for message in messages:
-        if isinstance(message, ReadingBatch):
-            receiver.add(message)
-        elif isinstance(message, Inventory):
-            receiver.inventory(message)
-        elif isinstance(message, Stop):
-            return True
-        elif isinstance(message, DeviceStatus):
-            pass  # readings simply stop while the inverter is away; nothing to do here
-        else:
-            log.debug("ignoring unexpected message %r", type(message).__name__)
-    return False
-
-
-def run(config: Config, channel: Channel) -> None:
-    """Run the influxdb exporter until Stop or until the supervisor goes away."""
-    settings = config.influxdb
-    path = spool_path(settings)
-    try:
-        spool = Spool(path, settings.spool_max_points)
-    except SpoolLocked as exc:
-        log.error("%s", exc)  # says who holds it and what to do; no hint about permissions
-        raise
-    except (OSError, sqlite3.Error) as exc:
-        log.error("cannot open the InfluxDB spool %s: %s; check the directory's permissions and free space, or set "
-                  "influxdb.spool_path", path, exc)
-        raise
-    stats = StatsBox()
-    drainer = Drainer(spool, lambda: InfluxSender(settings), settings, stats)
-    receiver = Receiver(spool, stats, drainer.points_spooled)
-    log.info("writing to InfluxDB at %s (bucket %s); spool %s holds %d points", settings.url, settings.bucket,
-             path, spool.count + spool.held_count)
-    drainer.start()
-    channel.send(Started(PROCESS))
-    heartbeat = Every(HEARTBEAT_INTERVAL)
-    stopping = False
-    ack_sent = 0
-    try:
-        while not stopping:
-            if heartbeat.due():
-                channel.send(_heartbeat(stats, spool))
-            try:
-                # Heartbeats are the only timed wake-up of an idle child: the drain thread sleeps until a commit.
-                messages = channel.wait(heartbeat.remaining())
-            except ChannelClosed:
-                receiver.commit()  # nobody is left to ack to; what arrived is durable anyway
-                return
-            stopping = _handle(messages, receiver)
-            # An Ack the full channel refused is sent again with the next one (Acks are cumulative).
-            if receiver.commit() > ack_sent and channel.send(Ack(receiver.acked)):
-                ack_sent = receiver.acked
-            if not drainer.alive and not stopping:
-                # Without the thread nothing reaches InfluxDB: exit, and the supervisor starts a fresh child.
-                raise RuntimeError("the InfluxDB drain thread has died (see above)")
-        if drainer.healthy and spool.count:
-            drainer.wait_drained(FINAL_FLUSH)
-        channel.send(_heartbeat(stats, spool))
-        channel.flush()
-    finally:
-        if drainer.stop(STOP_JOIN):
-            spool.close()  # otherwise the thread may still use it; the process is about to end anyway
-        log.info("stopped; %d points stay in the spool", spool.count + spool.held_count)
-
-
-__all__ = ["run", "Receiver"]
+__all__ = ["InfluxExporter", "Receiver"]

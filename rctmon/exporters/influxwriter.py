@@ -36,7 +36,6 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from rctmon.config import InfluxDBConfig
 from rctmon.exporters.spool import Spool
-from rctmon.messages import InfluxStats
 
 log = logging.getLogger("rctmon.influxdb")
 
@@ -51,7 +50,7 @@ Rows = list[tuple[int, bytes]]
 #: What the exporter reports as its state (the systemd status shows it) for each kind of failed write.
 STATE_OF_KIND = {"connection": "unreachable", "timeout": "timeout", "server": "server_error",
                  "rate_limited": "rate_limited", "unauthorized": "unauthorized", "forbidden": "forbidden",
-                 "not_found": "not_found", "client": "client_error"}
+                 "not_found": "not_found"}
 
 
 class WriteFailure(Exception):
@@ -166,6 +165,20 @@ class InfluxSender:
 
 
 @dataclass
+class InfluxStats:
+    """Cumulative counters of the influxdb exporter process since it started (the spool size is a gauge)."""
+
+    points_written: int = 0
+    write_errors: dict[str, int] = field(default_factory=dict)  # kind -> count
+    spool_points: int = 0
+    points_dropped: int = 0
+    last_write_timestamp: float = 0.0  # epoch seconds of the last accepted write; 0: none yet
+    #: for the systemd status: starting, ok, unreachable, timeout, server_error, rate_limited, unauthorized,
+    #: forbidden, not_found, http_<status>, other
+    state: str = "starting"
+
+
+@dataclass
 class StatsBox:
     """The exporter's counters, shared by both threads; `snapshot` is what the heartbeat carries."""
 
@@ -213,15 +226,16 @@ class Drainer:
     """The thread that drains the spool into InfluxDB."""
 
     def __init__(self, spool: Spool, sender: Callable[[], Any], config: InfluxDBConfig, stats: StatsBox,
-                 slow_retry: float | None = None) -> None:
+                 on_exit: Callable[[], None] | None = None) -> None:
         """`sender` makes the object whose send(body) writes; it runs in the thread, so that importing
-        influxdb-client (a quarter of a second) does not delay the child's Started and first Ack."""
+        influxdb-client (a quarter of a second) does not delay the child's Started and first Ack. `on_exit` runs
+        in the thread when it ends, however it ends."""
         self.spool = spool
+        self._on_exit = on_exit
         self._make_sender = sender
         self.sender: Any = None
         self.config = config
         self.stats = stats
-        self.slow_retry = SLOW_RETRY if slow_retry is None else slow_retry
         self._stopping = threading.Event()
         # Two events, because the thread waits for two different things: `_arrived` ends the sleep of an empty
         # spool (the main thread committed points); `_hurry` ends the flush interval early (flush_soon, stop, a
@@ -246,10 +260,6 @@ class Drainer:
 
     def start(self) -> None:
         self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def points_spooled(self) -> None:
         """Tell the thread that points were committed to the spool (main thread, after every commit that added some).
@@ -319,11 +329,13 @@ class Drainer:
                     self._idle.notify_all()
         except _Stopping:
             pass
-        except Exception:  # noqa: BLE001 - logged here; the main thread sees the thread gone and exits
+        except Exception:  # noqa: BLE001 - logged here; on_exit tells the child, which exits
             log.exception("the InfluxDB drain thread failed; points stay in the spool")
         finally:
             with self._idle:
                 self._idle.notify_all()
+            if self._on_exit is not None:
+                self._on_exit()
 
     def _await_pass(self) -> None:
         """Return when the next drain pass is due.
@@ -408,7 +420,7 @@ class Drainer:
     def _wait(self, state: RetryCallState) -> float:
         failure = state.outcome.exception() if state.outcome else None
         if isinstance(failure, Refused):
-            return self.slow_retry
+            return SLOW_RETRY
         if isinstance(failure, WriteFailure) and failure.retry_after is not None:
             return failure.retry_after
         return float(self._backoff(state))
@@ -433,7 +445,7 @@ class Drainer:
         if isinstance(failure, Refused):
             log.error("InfluxDB at %s refused the write (%s): %s; %d points are kept in the spool and retried "
                       "every %g s", self.config.url, failure.detail, _fix_hint(failure, self.config), waiting,
-                      self.slow_retry)
+                      SLOW_RETRY)
         else:
             log.warning("cannot write to InfluxDB at %s (%s: %s); %d points are kept in the spool and retried "
                         "with backoff (at most %g s apart)", self.config.url, failure.kind, failure.detail,

@@ -8,41 +8,35 @@ Topics (docs/mqtt.md has the whole scheme):
 
 The process keeps the latest value of every series in a cache bounded by the catalog and publishes from there: a
 value goes out when it changed or when its tier interval has passed, and everything goes out again after a
-reconnect. paho's network loop runs in a thread of its own; its callbacks only post events to this process's single
-loop, which also reads the supervisor's channel. Nothing here waits for the broker: a batch is acknowledged once it
-is in the cache, so a broker outage never holds up the supervisor or the collector.
+reconnect. paho's network loop runs in a thread of its own; its callbacks only post events to the child's loop
+(rctmon.child), which also reads the supervisor's channel. Nothing here waits for the broker: a batch is
+acknowledged once it is in the cache, so a broker outage never holds up the supervisor or the collector.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import queue
 import re
-import select
-import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from rctmon import proc
 from rctmon.catalog import OBJECTS, Labels, Series, Tier
-from rctmon.channel import Channel, ChannelClosed
-from rctmon.config import Config, MqttConfig
+from rctmon.child import ChildContext, Job
+from rctmon.config import MqttConfig
 from rctmon.exporters import homeassistant as ha
 from rctmon.inventory import Inventory
-from rctmon.messages import Ack, DeviceStatus, Heartbeat, MqttStats, ReadingBatch, Started, Stop
+from rctmon.messages import Ack, DeviceStatus, ReadingBatch, Stats
 
 LOG = logging.getLogger("rctmon.mqtt")
 
-PROCESS = "mqtt"
 #: Seconds between keep-alive pings. It also bounds how long publishes can pile up inside paho on a broker that
 #: stopped reading without closing the connection: paho drops the connection after one unanswered ping.
 KEEPALIVE = 30
@@ -164,17 +158,16 @@ class LatestValues:
 
 
 class BrokerLink:
-    """One paho client and its network thread. Callbacks run in that thread and only post events."""
+    """One paho client and its network thread. Callbacks run in that thread and only post events to the loop."""
 
-    def __init__(self, cfg: MqttConfig, availability_topic: str) -> None:
+    def __init__(self, cfg: MqttConfig, availability_topic: str,
+                 post: Callable[[BrokerLink, str, str], None]) -> None:
+        """`post(link, kind, detail)` hands an event to the child's loop; it is called in the network thread."""
         self.cfg = cfg
         self.availability_topic = availability_topic
         self.published = 0  # written by the network thread only
-        self._events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._gone = threading.Event()
+        self._post = post
+        self._thread: threading.Thread | None = None
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=True)
         client.enable_logger(logging.getLogger("rctmon.mqtt.paho"))
         client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
@@ -199,23 +192,13 @@ class BrokerLink:
         """Start connecting in the network thread; name resolution and the TCP connect happen there too."""
         self.client.connect_async(self.cfg.host, self.cfg.port, KEEPALIVE)
         self.client.loop_start()
+        # paho keeps its thread to itself; it is the one loop_stop joins. Its end is checked before each heartbeat.
+        self._thread = getattr(self.client, "_thread", None)
 
-    def fileno(self) -> int:
-        return self._wake_r.fileno()
-
-    def take_events(self) -> list[tuple[str, str]]:
-        """Return the events the network thread posted, oldest first, without waiting."""
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError, OSError):
-            pass
-        events: list[tuple[str, str]] = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+    @property
+    def running(self) -> bool:
+        """Whether paho's network thread still runs (without it nothing is published, and nothing reconnects)."""
+        return self._thread is None or self._thread.is_alive()
 
     def publish(self, topic: str, payload: str, retain: bool) -> bool:
         """Hand a message to paho without waiting; return whether paho took it."""
@@ -246,29 +229,19 @@ class BrokerLink:
         stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
         stopper.start()
         stopper.join(max(0.0, deadline - time.monotonic()))
-        for sock in (self._wake_r, self._wake_w):
-            sock.close()
 
     # --- network thread -----------------------------------------------------------------------------------------
-    def _post(self, kind: str, detail: str = "") -> None:
-        self._events.put((kind, detail))
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # full (a wake-up is pending anyway) or closed (we are stopping)
-            pass
-
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object,
                     properties: object) -> None:
         failed = bool(getattr(reason, "is_failure", False))
-        self._post("refused" if failed else "connected", str(reason))
+        self._post(self, "refused" if failed else "connected", str(reason))
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
-        self._post("unreachable")
+        self._post(self, "unreachable", "")
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,
                        properties: object) -> None:
-        self._gone.set()
-        self._post("disconnected", str(reason))
+        self._post(self, "disconnected", str(reason))
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: object,
                     properties: object) -> None:
@@ -276,15 +249,16 @@ class BrokerLink:
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         if message.payload == ha.ONLINE.encode():
-            self._post("ha_online")
+            self._post(self, "ha_online", "")
 
 
-class MqttExporter:
-    """The state of the mqtt process and its single loop."""
+class MqttExporter(Job):
+    """The mqtt child's job: the latest values, the broker link and what has been published."""
 
-    def __init__(self, config: Config, channel: Channel) -> None:
+    def __init__(self, context: ChildContext) -> None:
+        super().__init__(context)
+        config = context.config
         self.cfg = config.mqtt
-        self.channel = channel
         self.intervals = {tier: float(getattr(config.device.intervals, tier.value)) for tier in Tier}
         self.values = LatestValues(self.intervals)
         self.inventory: Inventory | None = None
@@ -313,47 +287,48 @@ class MqttExporter:
             "ha_online": self._on_ha_online,
         }
 
-    # --- loop -----------------------------------------------------------------------------------------------------
-    def serve(self) -> None:
-        """Run until Stop arrives or the supervisor goes away; then say offline and disconnect."""
+    # --- the child's loop -----------------------------------------------------------------------------------------
+    async def start(self) -> Sequence[Awaitable[object]]:
         if self.prefix:
             self._open_link()
-        self.channel.send(Started(PROCESS))
-        heartbeat = proc.Every(proc.HEARTBEAT_INTERVAL)
-        try:
-            while self._step(heartbeat):
-                pass
-        finally:
-            self._close_link()
+        return ()
 
-    def _step(self, heartbeat: proc.Every) -> bool:
-        """Wait for the channel, the network thread or the heartbeat, handle what came; False: time to stop."""
-        readers: list[Channel | BrokerLink] = [self.channel] + ([self.link] if self.link else [])
-        writers = [self.channel] if self.channel.pending_bytes else []
-        readable, writable, _ = select.select(readers, writers, [], heartbeat.remaining())
-        if writable:
-            self.channel.flush()
-        if self.link is not None and self.link in readable:
-            for kind, detail in self.link.take_events():
-                self._event_handlers[kind](detail)
-        running = True
-        if self.channel in readable:
-            try:
-                messages = self.channel.receive()
-            except ChannelClosed:
-                LOG.info("the supervisor has gone; stopping")
-                messages, running = [], False
-            for message in messages:
-                if isinstance(message, Stop):
-                    running = False
-                    break
-                handler = self._handlers.get(type(message))
-                if handler is not None:
-                    handler(message)
+    def receive(self, messages: Sequence[object]) -> None:
+        acked = 0
+        for message in messages:
+            handler = self._handlers.get(type(message))
+            if handler is not None:
+                handler(message)
+            if isinstance(message, ReadingBatch):
+                acked = message.seq
+        if acked:
+            self.context.send(Ack(acked))  # in the cache is handled: MQTT only ever carries the latest value
         self._publish_due()
-        if heartbeat.due():
-            self._send_heartbeat()
-        return running
+
+    def _event(self, link: BrokerLink, kind: str, detail: str) -> None:
+        if link is self.link:  # a link closed meanwhile (a new prefix) has nothing more to say
+            self._event_handlers[kind](detail)
+            self._publish_due()
+
+    def _post(self, link: BrokerLink, kind: str, detail: str) -> None:
+        """Hand an event of the link's network thread to the loop (called in that thread)."""
+        try:
+            self.context.loop.call_soon_threadsafe(self._event, link, kind, detail)
+        except RuntimeError:  # the loop has closed: the process is ending
+            pass
+
+    def stats(self) -> Stats:
+        published = self._published_by_closed_links + (self.link.published if self.link else 0)
+        return {"connected": int(self.connected), "messages_published": published,
+                "publish_errors": self.publish_errors}
+
+    async def check(self) -> bool:
+        if self.link is not None and not self.link.running:
+            self.context.fail("paho's network thread has ended")
+        return True
+
+    def close(self) -> None:
+        self._close_link()
 
     # --- messages from the supervisor ---------------------------------------------------------------------------
     def _on_batch(self, batch: ReadingBatch) -> None:
@@ -369,7 +344,6 @@ class MqttExporter:
                         details_changed = True
         if details_changed:
             self._refresh_discovery()
-        self.channel.send(Ack(batch.seq))  # in the cache is handled: MQTT only ever carries the latest value
 
     def _on_inventory(self, inventory: Inventory) -> None:
         self.inventory = inventory
@@ -469,7 +443,7 @@ class MqttExporter:
 
     def _open_link(self) -> None:
         try:
-            self.link = BrokerLink(self.cfg, self._availability_topic())
+            self.link = BrokerLink(self.cfg, self._availability_topic(), self._post)
             self.link.start()
         except (OSError, ValueError) as exc:  # TLS files missing or unreadable, a prefix with wildcards
             LOG.error("cannot set up the MQTT client (check mqtt.tls and mqtt.topic_prefix): %s", exc)
@@ -489,14 +463,3 @@ class MqttExporter:
         self._topics.clear()
         self._availability_sent = None
         self._open_link()
-
-    def _send_heartbeat(self) -> None:
-        rss, cpu = proc.resource_usage()
-        published = self._published_by_closed_links + (self.link.published if self.link else 0)
-        stats = MqttStats(connected=self.connected, messages_published=published, publish_errors=self.publish_errors)
-        self.channel.send(Heartbeat(PROCESS, os.getpid(), rss, cpu, stats))
-
-
-def run(config: Config, channel: Channel) -> None:
-    """Run the mqtt child until the supervisor says Stop or goes away."""
-    MqttExporter(config, channel).serve()

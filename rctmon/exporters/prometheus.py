@@ -1,44 +1,58 @@
 """The prometheus child: a cache of the latest readings and health, exposed by a custom collector over HTTP.
 
-The supervisor binds the endpoint's socket and forks this child, which calls `run`. The main thread handles the
-supervisor's messages (readings, inventory, device status, health); the HTTP thread (with TLS, a thread per
-connection) renders the exposition from the same state under a lock. prometheus_client's multiprocess mode is not
-used: it cannot carry custom collectors or info metrics, and this one process owns the registry.
+The supervisor binds the endpoint's socket and hands it to this child (its registration declares `listen`). One
+event loop, the child's (rctmon.child), applies the supervisor's messages (readings, inventory, device status,
+health) to the state and serves the endpoint (rctmon.exporters.httpserver) as one of its tasks; the serving task
+ending ends the child. The endpoint answers only once the supervisor's first Health has arrived, so a restarted
+child never shows a restart count of 0. Before a heartbeat the child makes sure the endpoint works: a scrape it
+answered lately shows it, otherwise it asks the endpoint itself over the real socket (TLS and basic auth included),
+and sends no heartbeat when that fails, so an endpoint that stopped answering gets the child restarted.
+prometheus_client's multiprocess mode is not used: it cannot carry custom collectors or info metrics, and this one
+process owns the registry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
-import os
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Union
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     InfoMetricFamily, Metric)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from rctmon import __version__, catalog
+from rctmon import catalog
 from rctmon.catalog import Kind, Sample, Series, Tier
-from rctmon.channel import Channel, ChannelClosed
+from rctmon.child import ChildContext, Job
 from rctmon.config import Config, Intervals
 from rctmon.exporters import http
-from rctmon.health_metrics import HEALTH_METRICS, HealthMetric
+from rctmon.health_metrics import SUPERVISOR, HealthMetric
 from rctmon.inventory import Inventory
-from rctmon.messages import (RESPONSE_BUCKETS, CollectorStats, DeviceStatus, Health, Heartbeat, InfluxStats,
-                             MqttStats, ProcessHealth, ReadingBatch, Started, Stop, Value)
-from rctmon.proc import HEARTBEAT_INTERVAL, Every, resource_usage
+from rctmon.messages import DeviceStatus, Health, ReadingBatch, Stats, StatValue, Value
+from rctmon.proc import resource_usage
+from rctmon.registry import HEALTH_METRICS
 
 log = logging.getLogger("rctmon.prometheus")
 
-PROCESS = "prometheus"
 STALE_AFTER_INTERVALS = 3  # a value not refreshed for this many intervals of its tier is no longer exposed
+#: Seconds a new incarnation waits for the supervisor's first Health before it serves anyway. The supervisor sends
+#: it together with the child's start, so only a supervisor in trouble makes it wait this long.
+HEALTH_WAIT = 5.0
+PROBE_TIMEOUT = 2.0  # seconds the endpoint gets to answer a request of the child's own
+#: Seconds without evidence that the endpoint works after which the child asks it itself before a heartbeat. A
+#: scrape answered is evidence (so a scraped endpoint is rarely asked), a request of its own answered is too. Below
+#: the supervisor's silence limit, so that an endpoint that stopped answering has its child restarted within
+#: PROBE_INTERVAL + 20 s.
+PROBE_INTERVAL = 15.0
+START_PROBE_TIMEOUT = 5.0  # how long the first request, which Started waits for, is tried again
 
 
 @functools.cache
@@ -80,6 +94,9 @@ class State:
     inventory: Inventory | None = None
     device_up: bool = False
     generation: int = 0  # bumped on every change, so the exposition cache knows when to render again
+    #: Monotonic time of the last complete rendering, which only a request to /metrics asks for: evidence that the
+    #: endpoint accepted, read and answered a scrape.
+    rendered_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_batch(self, batch: ReadingBatch) -> None:
@@ -99,7 +116,7 @@ class State:
     def set_health(self, health: Health) -> None:
         with self.lock:
             self.health = health
-            self.device_up = health.device_up
+            self.device_up = bool(health.stats.get(SUPERVISOR, {}).get("device_up"))
             if health.inventory is not None:
                 self.inventory = health.inventory
             self.generation += 1
@@ -125,136 +142,83 @@ class State:
 # --- health metrics -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HealthView:
-    """What the health metrics are computed from, with defaults for children that have not reported yet."""
+def health_stats(snap: Snapshot, process: str, own_rss_bytes: int, own_cpu_seconds: float) -> dict[str, Stats]:
+    """Return the figures the health metrics show: the supervisor's, updated with what this process knows better.
 
-    processes: Mapping[str, ProcessHealth]
-    collector: CollectorStats
-    influxdb: InfluxStats
-    mqtt: MqttStats
-    device_up: bool
-    inventory: Inventory | None
+    This process answers the scrape, so it is up, and its own memory and CPU are fresher than the supervisor's
+    copy; DeviceStatus and Inventory messages arrive here before the next Health does.
+    """
+    stats: dict[str, Stats] = dict(snap.health.stats) if snap.health is not None else {}
+    supervisor: dict[str, StatValue] = dict(stats.get(SUPERVISOR, {}))
+    for key, value in (("up", 1), ("resident_memory_bytes", own_rss_bytes), ("cpu_seconds", own_cpu_seconds)):
+        supervisor[key] = {**_mapping(supervisor.get(key)), process: value}
+    supervisor["device_up"] = int(snap.device_up)
+    supervisor["inventory_complete"] = int(snap.inventory is not None and snap.inventory.complete)
+    stats[SUPERVISOR] = supervisor
+    return stats
 
-    @classmethod
-    def of(cls, snap: Snapshot, own_rss_bytes: int, own_cpu_seconds: float) -> HealthView:
-        health = snap.health
-        processes = dict(health.processes) if health else {}
-        supervised = processes.get(PROCESS)
-        # This process answers the scrape, so it is up; its resource figures are fresher than the supervisor's.
-        processes[PROCESS] = ProcessHealth(up=True, restarts=supervised.restarts if supervised else 0,
-                                           readings_dropped=supervised.readings_dropped if supervised else 0,
-                                           rss_bytes=own_rss_bytes, cpu_seconds=own_cpu_seconds)
-        return cls(processes=processes,
-                   collector=health.collector if health and health.collector else CollectorStats(),
-                   influxdb=health.influxdb if health and health.influxdb else InfluxStats(),
-                   mqtt=health.mqtt if health and health.mqtt else MqttStats(),
-                   device_up=snap.device_up, inventory=snap.inventory)
+
+def _mapping(value: object) -> Mapping[str, float]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0  # bools are ints
 
 
 Samples = list[tuple[tuple[str, ...], float]]
 
 
-def _one(get: Callable[[HealthView], float]) -> Callable[[HealthView], Samples]:
-    return lambda v: [((), float(get(v)))]
+def samples(metric: HealthMetric, value: object) -> Samples:
+    """Return the samples of a gauge or counter from its stat value; known label values are present at 0."""
+    if not metric.labels:
+        return [((), _number(value))]
+    counts: dict[tuple[str, ...], float] = dict.fromkeys(metric.known, 0.0)
+    if isinstance(value, Mapping):
+        for key, count in value.items():
+            labels = tuple(str(v) for v in key) if isinstance(key, tuple) else (str(key),)
+            if len(labels) == len(metric.labels):
+                counts[labels] = _number(count)
+    return sorted(counts.items())
 
 
-def _by_kind(get: Callable[[HealthView], Mapping[str, int]]) -> Callable[[HealthView], Samples]:
-    return lambda v: [((kind,), float(count)) for kind, count in sorted(get(v).items())]
-
-
-def _per_process(get: Callable[[ProcessHealth], float]) -> Callable[[HealthView], Samples]:
-    return lambda v: [((name,), float(get(p))) for name, p in sorted(v.processes.items())]
-
-
-def _inventory_complete(v: HealthView) -> bool:
-    return v.collector.inventory_complete or bool(v.inventory and v.inventory.complete)
-
-
-#: How each health metric of rctmon.health_metrics gets its samples; checked against that table at import.
-HEALTH_SAMPLES: dict[str, Callable[[HealthView], Samples]] = {
-    "rctmon_build_info": lambda v: [((__version__,), 1.0)],
-    "rctmon_device_up": _one(lambda v: v.device_up),
-    "rctmon_device_connects_total": _one(lambda v: v.collector.connects),
-    "rctmon_frames_sent_total": _one(lambda v: v.collector.frames_sent),
-    "rctmon_frames_received_total": _one(lambda v: v.collector.frames_received),
-    "rctmon_bytes_sent_total": _one(lambda v: v.collector.bytes_sent),
-    "rctmon_bytes_received_total": _one(lambda v: v.collector.bytes_received),
-    "rctmon_decode_errors_total": _by_kind(lambda v: v.collector.decode_errors),
-    "rctmon_request_timeouts_total": _one(lambda v: v.collector.request_timeouts),
-    "rctmon_inventory_complete": _one(_inventory_complete),
-    "rctmon_readings_total": _one(lambda v: v.collector.readings),
-    "rctmon_last_reading_timestamp_seconds": _one(lambda v: v.collector.last_reading_ns / 1e9),
-    "rctmon_process_up": _per_process(lambda p: p.up),
-    "rctmon_process_restarts_total": _per_process(lambda p: p.restarts),
-    "rctmon_process_resident_memory_bytes": _per_process(lambda p: p.rss_bytes),
-    "rctmon_process_cpu_seconds_total": _per_process(lambda p: p.cpu_seconds),
-    "rctmon_readings_dropped_total": _per_process(lambda p: p.readings_dropped),
-    "rctmon_influxdb_points_written_total": _one(lambda v: v.influxdb.points_written),
-    "rctmon_influxdb_write_errors_total": _by_kind(lambda v: v.influxdb.write_errors),
-    "rctmon_influxdb_spool_points": _one(lambda v: v.influxdb.spool_points),
-    "rctmon_influxdb_points_dropped_total": _one(lambda v: v.influxdb.points_dropped),
-    "rctmon_influxdb_last_write_timestamp_seconds": _one(lambda v: v.influxdb.last_write_timestamp),
-    "rctmon_mqtt_connected": _one(lambda v: v.mqtt.connected),
-    "rctmon_mqtt_messages_published_total": _one(lambda v: v.mqtt.messages_published),
-    "rctmon_mqtt_publish_errors_total": _one(lambda v: v.mqtt.publish_errors),
-}
-
-
-def _response_histogram(metric: HealthMetric, v: HealthView) -> Metric:
-    stats = v.collector
-    counts = list(stats.response_buckets)[:len(RESPONSE_BUCKETS)]
-    counts += [counts[-1] if counts else 0] * (len(RESPONSE_BUCKETS) - len(counts))  # cumulative: pad with the last
-    buckets = [(f"{bound:g}", float(count)) for bound, count in zip(RESPONSE_BUCKETS, counts)]
+def _histogram(metric: HealthMetric, stats: Stats) -> Metric:
+    raw = stats.get(f"{metric.key}_buckets")
+    bounds = metric.buckets
+    counts = [int(c) for c in raw][:len(bounds)] if isinstance(raw, (tuple, list)) else []
+    counts += [counts[-1] if counts else 0] * (len(bounds) - len(counts))  # cumulative: pad with the last
+    buckets = [(f"{bound:g}", float(count)) for bound, count in zip(bounds, counts)]
     # +Inf is the total count; never below the last bound's count, or Prometheus rejects the histogram
-    buckets.append(("+Inf", float(max([stats.response_count] + counts))))
+    buckets.append(("+Inf", max([_number(stats.get(f"{metric.key}_count"))] + [float(c) for c in counts])))
     family = HistogramMetricFamily(metric.name, metric.help, unit=unit_of(metric.name))
-    family.add_metric([], buckets, stats.response_sum)
+    family.add_metric([], buckets, _number(stats.get(f"{metric.key}_sum")))
     return family
 
 
-HEALTH_HISTOGRAMS: dict[str, Callable[[HealthMetric, HealthView], Metric]] = {
-    "rctmon_response_seconds": _response_histogram,
-}
-
 NumericFamily = Union[GaugeMetricFamily, CounterMetricFamily]
 _FAMILY_TYPES: dict[str, Callable[..., NumericFamily]] = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
-_OPTIONAL_SOURCES: dict[str, Callable[[Config], bool]] = {
-    "influxdb": lambda c: c.influxdb.enable,
-    "mqtt": lambda c: c.mqtt.enable,
-}
 
 
-def _check_health_table() -> None:
-    """Fail at import, not at scrape time, when the health table and the code that fills it disagree."""
-    declared = {m.name for m in HEALTH_METRICS}
-    filled = set(HEALTH_SAMPLES) | set(HEALTH_HISTOGRAMS)
-    if declared != filled:
-        raise ValueError(f"health metrics without samples: {sorted(declared - filled)}; "
-                         f"samples without a declared metric: {sorted(filled - declared)}")
-    for metric in HEALTH_METRICS:
-        if metric.type not in _FAMILY_TYPES and metric.name not in HEALTH_HISTOGRAMS:
-            raise ValueError(f"{metric.name}: type {metric.type} has no family here")
+def health_families(stats: Mapping[str, Stats], metrics: Sequence[HealthMetric] = HEALTH_METRICS) -> Iterator[Metric]:
+    """Yield one family per health metric whose source process runs; zeros until that process has reported.
 
+    A child's metrics are exposed only while the supervisor runs it (its key is in `stats` from the first Health),
+    so that a disabled exporter never looks like a broken one.
 
-_check_health_table()
-
-
-def exposed_health_metrics(config: Config) -> tuple[HealthMetric, ...]:
-    """Return the health metrics this configuration exposes: an optional exporter's only while it is enabled."""
-    return tuple(m for m in HEALTH_METRICS if m.source not in _OPTIONAL_SOURCES or _OPTIONAL_SOURCES[m.source](config))
-
-
-def health_families(view: HealthView, metrics: Sequence[HealthMetric]) -> Iterator[Metric]:
-    """Yield one family per health metric, each present even before its source has reported (with zeros)."""
+    Example lines:
+        rctmon_process_restarts_total{process="collector"} 0.0
+        rctmon_decode_errors_total{kind="crc"} 3.0
+    """
     for metric in metrics:
-        histogram = HEALTH_HISTOGRAMS.get(metric.name)
-        if histogram is not None:
-            yield histogram(metric, view)
+        source = stats.get(metric.source)
+        if source is None:
+            continue
+        if metric.type == "histogram":
+            yield _histogram(metric, source)
             continue
         family = _FAMILY_TYPES[metric.type](metric.name, metric.help, labels=metric.labels,
                                             unit=unit_of(metric.name))
-        for labels, value in HEALTH_SAMPLES[metric.name](view):
+        for labels, value in samples(metric, source.get(metric.key)):
             family.add_metric(labels, value)
         yield family
 
@@ -306,11 +270,11 @@ def _info_text(value: Value) -> str:
 class Freshness:
     """Whether a cached value was refreshed within three intervals of its tier."""
 
-    def __init__(self, intervals: Intervals, now_ns: int | None = None, now: float | None = None) -> None:
+    def __init__(self, intervals: Intervals) -> None:
         self._limits: dict[Tier, float] = {
             tier: STALE_AFTER_INTERVALS * float(getattr(intervals, tier.value)) for tier in Tier}
-        self._now_ns = time.time_ns() if now_ns is None else now_ns
-        self._now = time.monotonic() if now is None else now
+        self._now_ns = time.time_ns()
+        self._now = time.monotonic()
 
     def fresh(self, cached: Cached, tier: Tier) -> bool:
         limit = self._limits[tier]
@@ -398,20 +362,21 @@ class RctmonCollector:
         rctmon_generator_power_watts{generator="a",inverter="Garage"} 1234.5
     """
 
-    def __init__(self, state: State, config: Config) -> None:
+    def __init__(self, state: State, config: Config, process: str = "prometheus") -> None:
         self._state = state
         self._config = config
-        self._health_metrics = exposed_health_metrics(config)
+        self._process = process
         self._helps = {family.name: family_help(family, config.device.intervals) for family in FAMILIES}
         self._memo: Memo = {}  # used by one rendering at a time (ExpositionCache renders under a lock)
 
     def collect(self) -> Iterator[Metric]:
         snap = self._state.snapshot()
-        yield from health_families(HealthView.of(snap, *resource_usage()), self._health_metrics)
+        yield from health_families(health_stats(snap, self._process, *resource_usage()))
         inverter = inverter_name(snap.inventory)
         if self._config.prometheus.exposition and inverter:
             freshness = Freshness(self._config.device.intervals)
             yield from inverter_families(snap.values, inverter, self._helps, freshness, self._memo)
+        self._state.rendered_at = time.monotonic()
 
 
 class _OneFamily:
@@ -459,71 +424,87 @@ class FamilyEncoder:
         return b"".join(parts) + (self._EOF if openmetrics else b"")
 
 
-def build_registry(state: State, config: Config) -> CollectorRegistry:
+def build_registry(state: State, config: Config, process: str = "prometheus") -> CollectorRegistry:
     """Return a registry of its own (not prometheus_client's global one) holding only rctmon's collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RctmonCollector(state, config))
+    registry.register(RctmonCollector(state, config, process))
     return registry
 
 
 # --- the process ----------------------------------------------------------------------------------------------------
 
 
-def _heartbeat(channel: Channel) -> None:
-    rss, cpu = resource_usage()
-    channel.send(Heartbeat(process=PROCESS, pid=os.getpid(), rss_bytes=rss, cpu_seconds=cpu))
+class PrometheusExporter(Job):
+    """The prometheus child's job: keep the state current, serve it, and check the endpoint before a heartbeat."""
 
+    def __init__(self, context: ChildContext) -> None:
+        super().__init__(context)
+        self.state = State()
+        self._health_arrived = asyncio.Event()
+        self._handlers: Mapping[type, Callable[[object], None]] = {
+            ReadingBatch: self.state.add_batch,  # type: ignore[dict-item]
+            Health: self._on_health,  # type: ignore[dict-item]
+            Inventory: self.state.set_inventory,  # type: ignore[dict-item]
+            DeviceStatus: self.state.set_device_status,  # type: ignore[dict-item]
+        }
+        self.endpoint: http.Endpoint | None = None
+        self.serving: asyncio.Future[None] | None = None
+        self._answering = True
+        self._works_at = 0.0  # monotonic time of the latest evidence that the endpoint answers
 
-def _handlers(state: State) -> dict[type, Callable[[object], None]]:
-    return {
-        ReadingBatch: state.add_batch,  # type: ignore[dict-item]
-        Health: state.set_health,  # type: ignore[dict-item]
-        Inventory: state.set_inventory,  # type: ignore[dict-item]
-        DeviceStatus: state.set_device_status,  # type: ignore[dict-item]
-    }
-
-
-def serve_messages(channel: Channel, state: State) -> None:
-    """Apply the supervisor's messages to the state and send heartbeats, until Stop or the channel closes."""
-    handlers = _handlers(state)
-    heartbeat = Every(HEARTBEAT_INTERVAL)
-    while True:
-        if heartbeat.due():
-            _heartbeat(channel)
-        try:
-            messages = channel.wait(heartbeat.remaining())
-        except ChannelClosed:
-            log.info("the supervisor closed the channel; stopping")
-            return
+    def receive(self, messages: Sequence[object]) -> None:
         for message in messages:
-            if isinstance(message, Stop):
-                return
-            handler = handlers.get(type(message))
-            if handler is None:
-                log.debug("ignoring %s", type(message).__name__)
-                continue
-            handler(message)
+            handler = self._handlers.get(type(message))
+            if handler is not None:
+                handler(message)
 
+    def _on_health(self, health: Health) -> None:
+        self.state.set_health(health)
+        self._health_arrived.set()
 
-def run(config: Config, channel: Channel, listen_socket: socket.socket) -> None:
-    """Serve the endpoint on `listen_socket` and keep its cache current from `channel` until told to stop."""
-    state = State()
-    cache = http.ExpositionCache(build_registry(state, config), state.current_generation,
-                                 encoders=FamilyEncoder().choose)
-    tls = http.tls_context(config.prometheus)
-    endpoint = http.Endpoint(listen_socket, http.MetricsApp(cache, http.basic_auth(config.prometheus)), tls)
-    server = http.EndpointThread(endpoint)  # ends this process if the endpoint can no longer accept
-    server.start()
-    try:
-        if not server.probe():
-            log.warning("the endpoint did not answer a request of its own; serving anyway")
-        log.info("serving metrics on %s://%s (exposition %s)", "https" if tls else "http",
-                 _address(listen_socket), "on" if config.prometheus.exposition else "off")
-        channel.send(Started(PROCESS))
-        serve_messages(channel, state)
-    finally:
-        server.stop()
-        listen_socket.close()
+    async def start(self) -> Sequence[Awaitable[object]]:
+        """Serve once the supervisor's Health is here; return the serving task, whose end ends the child."""
+        config, sock = self.context.config, self.context.listen_socket
+        assert sock is not None, "the registration declares `listen`: the supervisor hands over the socket"
+        try:
+            await asyncio.wait_for(self._health_arrived.wait(), HEALTH_WAIT)
+        except asyncio.TimeoutError:
+            log.warning("no health from the supervisor within %g s; serving without it", HEALTH_WAIT)
+        cache = http.ExpositionCache(build_registry(self.state, config, self.context.name),
+                                     self.state.current_generation, encoders=FamilyEncoder().choose)
+        tls = http.tls_context(config.prometheus)
+        self.endpoint = http.Endpoint(sock, http.MetricsApp(cache, http.basic_auth(config.prometheus)), tls)
+        self.serving = asyncio.ensure_future(self.endpoint.serve())
+        deadline = time.monotonic() + START_PROBE_TIMEOUT
+        while not await self.endpoint.probe(PROBE_TIMEOUT):  # Started means: the endpoint answers
+            if time.monotonic() >= deadline or self.serving.done():
+                log.warning("the endpoint did not answer a request of its own; serving anyway")
+                break
+            await asyncio.sleep(0.05)
+        log.info("serving metrics on %s://%s (exposition %s)", "https" if tls else "http", _address(sock),
+                 "on" if config.prometheus.exposition else "off")
+        return (self.serving,)
+
+    async def check(self) -> bool:
+        """Return whether the endpoint answers: it answered a scrape or a request of its own lately, or does now.
+
+        The evidence saves the request: a scraped endpoint is rarely asked, an unscraped one every PROBE_INTERVAL.
+        """
+        now = time.monotonic()
+        self._works_at = max(self._works_at, self.state.rendered_at)
+        answering = now - self._works_at < PROBE_INTERVAL
+        if not answering and self.endpoint is not None:
+            answering = await self.endpoint.probe(PROBE_TIMEOUT)
+            if answering:
+                self._works_at = now
+        if answering != self._answering:
+            if answering:
+                log.info("the endpoint answers again")
+            else:
+                log.error("the endpoint did not answer a request of its own within %g s; no heartbeat until it "
+                          "does (the supervisor restarts this child)", PROBE_TIMEOUT)
+        self._answering = answering
+        return answering
 
 
 def _address(sock: socket.socket) -> str:

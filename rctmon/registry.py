@@ -1,0 +1,151 @@
+"""Every kind of child process, registered once: what it needs, how the configuration enables it, its metrics.
+
+The supervisor knows children only through these registrations; it holds no child's name. A child is one module
+with a `Job` (rctmon/child.py runs it) plus one `ChildSpec` row below. The row is data and imports nothing of the
+child's module (the supervisor must stay small): `job` names it, and only the forked child imports it.
+
+Adding an exporter is a module under rctmon/exporters/ and a row in EXPORTERS (docs/architecture.md shows the
+whole diff).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+from collections.abc import Mapping
+
+from rctmon.collector.framer import DECODE_ERROR_KINDS
+from rctmon.config import Config
+from rctmon.health_metrics import CHANNEL_FULL, DROP_REASONS, SUPERVISOR, SUPERVISOR_METRICS, HealthMetric
+from rctmon.messages import RESPONSE_BUCKETS, Stats
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One kind of child: what the supervisor must give it, and when it runs."""
+
+    name: str  # the process: its title `rctmon: <name>`, the `process` label, the key of its stats in Health
+    job: str  # "module:attribute" of its rctmon.child.Job, imported in the child only
+    enabled: Callable[[Config], bool]
+    #: The part of the configuration it runs on: a reload replaces a running child only when this changed (or the
+    #: logging section did, which every child shares).
+    settings: Callable[[Config], object]
+    readings: bool = False  # it gets every ReadingBatch, the Inventory and every DeviceStatus
+    #: Readings leave the supervisor's backlog for it only when it acknowledges them (`Ack`): a new incarnation is
+    #: replayed everything the previous one had not made durable. Without, readings go to the running incarnation
+    #: only and a new one catches up through `replay_latest`.
+    acknowledges: bool = False
+    #: A new incarnation first gets the latest reading of every object: a latest-value view (the endpoint, MQTT)
+    #: would otherwise lack slow and static values until they are next polled, up to an hour later.
+    replay_latest: bool = False
+    health: bool = False  # it gets `Health`: at start, before anything it serves, and on every change
+    #: The address its listening socket is bound to. The supervisor binds it (so the port stays bound across
+    #: restarts, and a taken port fails the start) and hands the socket to every incarnation.
+    listen: Callable[[Config], tuple[str, int]] | None = None
+    #: Reasons for which the child itself drops readings; it counts them in its stats under `readings_dropped`.
+    drops: tuple[str, ...] = ()
+    #: Its part of the one-line status systemd shows, from its latest stats.
+    status: Callable[[Stats], str] | None = None
+    health_metrics: tuple[HealthMetric, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.readings and not (self.acknowledges or self.replay_latest):
+            raise ValueError(f"{self.name}: a reader of readings must acknowledge them or get the latest replayed")
+        if not set(self.drops) <= set(DROP_REASONS):
+            raise ValueError(f"{self.name}: drop reasons {self.drops} must be among {DROP_REASONS}")
+        strays = [m.name for m in self.health_metrics if m.source != self.name]
+        if strays:
+            raise ValueError(f"{self.name}: metrics {strays} must name this child as their source")
+
+
+def _metric(source: str, name: str, type_: str, help_: str, key: str, labels: tuple[str, ...] = (),
+            known: tuple[str, ...] = (), buckets: tuple[float, ...] = ()) -> HealthMetric:
+    return HealthMetric(name, type_, labels, help_, source, key, tuple((k,) for k in known), buckets)
+
+
+COLLECTOR = ChildSpec(
+    "collector", "rctmon.collector.process:CollectorJob", enabled=lambda c: True, settings=lambda c: c.device,
+    drops=(CHANNEL_FULL,),
+    health_metrics=(
+        _metric("collector", "rctmon_device_connects_total", "counter", "TCP connections opened to the inverter",
+                "connects"),
+        _metric("collector", "rctmon_frames_sent_total", "counter", "Request frames sent to the inverter",
+                "frames_sent"),
+        _metric("collector", "rctmon_frames_received_total", "counter", "Valid frames received from the inverter",
+                "frames_received"),
+        _metric("collector", "rctmon_bytes_sent_total", "counter", "Bytes sent to the inverter", "bytes_sent"),
+        _metric("collector", "rctmon_bytes_received_total", "counter", "Bytes received from the inverter",
+                "bytes_received"),
+        _metric("collector", "rctmon_decode_errors_total", "counter",
+                "Received bytes or frames skipped, by kind (" + ", ".join(DECODE_ERROR_KINDS) + ")",
+                "decode_errors", labels=("kind",), known=DECODE_ERROR_KINDS),
+        _metric("collector", "rctmon_request_timeouts_total", "counter",
+                "Requests the inverter did not answer in time", "request_timeouts"),
+        _metric("collector", "rctmon_response_seconds", "histogram", "Time from sending a request to its answer",
+                "response", buckets=RESPONSE_BUCKETS),
+    ))
+
+#: The kinds of failed write the influxdb exporter counts (rctmon.exporters.influxwriter.classify), besides
+#: `http_<status>` for a refusal with an unusual status.
+INFLUXDB_WRITE_ERROR_KINDS: tuple[str, ...] = ("connection", "timeout", "server", "rate_limited", "unauthorized",
+                                               "forbidden", "not_found", "rejected", "other")
+
+
+def _influxdb_status(stats: Stats) -> str:
+    spooled = stats.get("spool_points", 0)
+    return f"InfluxDB {stats.get('state', 'starting')}" + (f", {spooled} spooled" if spooled else "")
+
+
+EXPORTERS: tuple[ChildSpec, ...] = (
+    ChildSpec(
+        "prometheus", "rctmon.exporters.prometheus:PrometheusExporter", enabled=lambda c: c.prometheus.enable,
+        settings=lambda c: (c.prometheus, c.device.intervals), readings=True, replay_latest=True, health=True,
+        listen=lambda c: (c.prometheus.bind_address, c.prometheus.bind_port)),
+    ChildSpec(
+        "influxdb", "rctmon.exporters.influxdb:InfluxExporter", enabled=lambda c: c.influxdb.enable,
+        settings=lambda c: c.influxdb, readings=True, acknowledges=True, status=_influxdb_status,
+        health_metrics=(
+            _metric("influxdb", "rctmon_influxdb_points_written_total", "counter", "Points InfluxDB accepted",
+                    "points_written"),
+            _metric("influxdb", "rctmon_influxdb_write_errors_total", "counter",
+                    "Failed writes to InfluxDB, by kind (" + ", ".join(INFLUXDB_WRITE_ERROR_KINDS) +
+                    ", http_<status>)", "write_errors", labels=("kind",), known=INFLUXDB_WRITE_ERROR_KINDS),
+            _metric("influxdb", "rctmon_influxdb_spool_points", "gauge", "Points in the spool waiting for InfluxDB",
+                    "spool_points"),
+            _metric("influxdb", "rctmon_influxdb_points_dropped_total", "counter",
+                    "Points dropped: oldest points when the spool was full, lines InfluxDB rejected as malformed, "
+                    "and readings whose value cannot be stored (NaN, infinite, absurd)", "points_dropped"),
+            _metric("influxdb", "rctmon_influxdb_last_write_timestamp_seconds", "gauge",
+                    "When InfluxDB last accepted a write", "last_write_timestamp"),
+        )),
+    ChildSpec(
+        "mqtt", "rctmon.exporters.mqtt:MqttExporter", enabled=lambda c: c.mqtt.enable,
+        settings=lambda c: (c.mqtt, c.device.intervals), readings=True, acknowledges=True, replay_latest=True,
+        health_metrics=(
+            _metric("mqtt", "rctmon_mqtt_connected", "gauge", "1 while connected to the MQTT broker", "connected"),
+            _metric("mqtt", "rctmon_mqtt_messages_published_total", "counter", "MQTT messages published",
+                    "messages_published"),
+            _metric("mqtt", "rctmon_mqtt_publish_errors_total", "counter", "MQTT publishes that failed",
+                    "publish_errors"),
+        )),
+)
+
+CHILDREN: tuple[ChildSpec, ...] = (COLLECTOR,) + EXPORTERS
+CHILD_BY_NAME: Mapping[str, ChildSpec] = {spec.name: spec for spec in CHILDREN}
+PROCESSES: tuple[str, ...] = tuple(CHILD_BY_NAME)
+#: Every health metric rctmon can expose, each declared once.
+HEALTH_METRICS: tuple[HealthMetric, ...] = SUPERVISOR_METRICS + tuple(
+    metric for spec in CHILDREN for metric in spec.health_metrics)
+
+
+def _check(children: tuple[ChildSpec, ...]) -> None:
+    """Fail at import, not at run time, on two children of one name or two metrics of one name."""
+    if len(CHILD_BY_NAME) != len(children) or SUPERVISOR in CHILD_BY_NAME:
+        raise ValueError(f"child names must be unique and not {SUPERVISOR!r}: {[c.name for c in children]}")
+    names = [metric.name for metric in HEALTH_METRICS]
+    doubles = sorted({name for name in names if names.count(name) > 1})
+    if doubles:
+        raise ValueError(f"health metrics declared twice: {doubles}")
+
+
+_check(CHILDREN)
