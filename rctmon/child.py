@@ -38,6 +38,7 @@ from rctmon.registry import ChildSpec
 log = logging.getLogger("rctmon.child")
 
 DRAIN_TIMEOUT = 0.5  # seconds the last messages get to reach the supervisor at exit
+CANCEL_AGAIN = 0.05  # seconds after which a task that is still running is cancelled once more
 
 
 class ChildFailed(Exception):
@@ -263,8 +264,19 @@ async def _run(spec: ChildSpec, job: Job, context: ChildContext, stopped: asynci
 
 
 async def _cancel(tasks: Sequence[asyncio.Future[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
+    """Cancel the tasks and wait until every one has ended.
+
+    A task can swallow a cancellation: before Python 3.12, `asyncio.wait_for` returns the result of what it waited
+    for when that completed in the same loop pass as the cancel (CPython gh-86296), so a collector cancelled just as
+    its connect succeeds carries on polling. A task still running after CANCEL_AGAIN is cancelled again; one that
+    swallows every cancellation is left to the supervisor's kill after its grace period.
+    """
+    pending = [task for task in tasks if not task.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, still = await asyncio.wait(pending, timeout=CANCEL_AGAIN)
+        pending = list(still)
     await asyncio.gather(*tasks, return_exceptions=True)
 
 

@@ -107,6 +107,21 @@ class NotWorking(Job):
         return False
 
 
+class SwallowsOneCancel(Job):
+    """Background work that swallows the first cancellation, as `asyncio.wait_for` does before Python 3.12 when
+    what it waited for completed in the same loop pass (CPython gh-86296): the collector's connect did so."""
+
+    async def start(self) -> Sequence[Awaitable[object]]:
+        return (self._work(),)
+
+    async def _work(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            SEEN.setdefault("swallowed", []).append(True)
+        await asyncio.Event().wait()  # carries on, until cancelled again
+
+
 class NeverStarts(Job):
     async def start(self) -> Sequence[Awaitable[object]]:
         await asyncio.Event().wait()
@@ -211,6 +226,18 @@ def test_the_supervisor_going_away_ends_the_child_cleanly(run) -> None:
     child.wait_for(Started)
     child.channel.close()
     assert child.ended() is None
+
+
+@pytest.mark.parametrize("how", ["stop", "supervisor gone"])
+def test_work_that_swallows_a_cancellation_is_cancelled_again(run, how: str) -> None:
+    child = run(SwallowsOneCancel)
+    child.wait_for(Started)
+    if how == "stop":
+        child.channel.send(Stop())
+    else:
+        child.channel.close()
+    assert child.ended() is None
+    assert SEEN["swallowed"] == [True]
 
 
 def test_stop_while_starting_ends_the_child_without_started(run) -> None:
