@@ -29,7 +29,7 @@ from rctmon.catalog import ELEMENTS, OBJECTS, enabled_series
 from rctmon.channel import Channel
 from rctmon.child import run_child
 import rctmon.collector as collector_package
-from rctmon.collector.connection import InverterConnection, ReadOnlyLink
+from rctmon.collector.connection import InverterConnection, ReadOnlyLink, open_connection
 from rctmon.collector.discovery import INVENTORY_IDS, NAME_ID
 from rctmon.collector.framer import INVALID, RESPONSE_TYPES
 from rctmon.collector.process import Collector
@@ -671,6 +671,39 @@ def test_night_silence_brings_the_device_down_without_looping_hot_and_morning_br
     assert statuses[1] == (False, f"no answer for {silence:g} s")
     assert statuses[-1][0] is True
     assert connections <= dark / silence + 1  # every attempt in the dark waits out the silence timeout
+
+
+def test_a_cancel_that_arrives_with_the_connection_is_not_swallowed() -> None:
+    """asyncio.wait_for before 3.12 returned the connection instead (CPython gh-86296); the collector polled on."""
+    async def main() -> bytes:
+        closed: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            closed.set_result(await reader.read())
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        real_connect = loop.create_connection
+        opening: asyncio.Future[InverterConnection] | None = None
+
+        async def connect_then_cancel(*args: Any, **kwargs: Any) -> Any:
+            made = await real_connect(*args, **kwargs)
+            assert opening is not None
+            opening.cancel()  # the cancel arrives in the same loop pass as the connection
+            return made
+
+        loop.create_connection = connect_then_cancel  # type: ignore[method-assign]
+        try:
+            opening = asyncio.ensure_future(open_connection("127.0.0.1", server.sockets[0].getsockname()[1], 5,
+                                                            CollectorStats()))
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+            return await asyncio.wait_for(closed, 5)  # the connection made after all is closed, not leaked
+        finally:
+            server.close()
+
+    assert asyncio.run(main()) == b""
 
 
 def test_a_peer_that_resets_every_connection_is_retried_with_backoff() -> None:

@@ -219,16 +219,33 @@ async def open_connection(host: str, port: int, timeout: float, stats: Collector
                           on_frames: FramesHandler | None = None) -> InverterConnection:
     """Connect to the inverter; raise LinkDown (an OSError) with a short reason when that fails."""
     loop = asyncio.get_running_loop()
+    connecting = asyncio.ensure_future(
+        loop.create_connection(lambda: InverterConnection(stats, on_frames), host, port))
     try:
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: InverterConnection(stats, on_frames), host, port), timeout)
-    except asyncio.TimeoutError as exc:
-        raise ConnectTimeout(f"no connection within {timeout:g} s") from exc
+        # not asyncio.wait_for: before Python 3.12 it swallows a cancel that arrives in the same loop pass as the
+        # connection (CPython gh-86296), and a cancelled collector would carry on polling
+        await asyncio.wait((connecting,), timeout=timeout)
+    except asyncio.CancelledError:
+        _abandon(connecting)
+        raise
+    if not connecting.done():
+        _abandon(connecting)
+        raise ConnectTimeout(f"no connection within {timeout:g} s")
+    try:
+        _, protocol = connecting.result()
     except OSError as exc:
         raise LinkDown(describe(exc)) from exc
     stats.connects += 1
     assert isinstance(protocol, InverterConnection)
     return protocol
+
+
+def _abandon(connecting: asyncio.Future[tuple[asyncio.Transport, InverterConnection]]) -> None:
+    """Give up a connect: cancel it, or close the connection it made after all."""
+    if not connecting.done():
+        connecting.cancel()
+    elif not connecting.cancelled() and connecting.exception() is None:
+        connecting.result()[0].abort()
 
 
 def describe(exc: BaseException) -> str:
