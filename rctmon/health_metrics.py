@@ -73,6 +73,9 @@ SUPERVISOR_METRICS: tuple[HealthMetric, ...] = (
     _supervisor("rctmon_readings_dropped_total", "counter", ("process", "reason"),
                 "Readings dropped on their way to or from the process, by reason (backlog_full, channel_full, "
                 "send_failed)", "readings_dropped"),
+    _supervisor("rctmon_messages_dropped_total", "counter", ("process", "message"),
+                "Messages other than readings that the channel to the process refused, by message (inventory, "
+                "device_status, health, stop)", "messages_dropped"),
     _supervisor("rctmon_device_up", "gauge", (), "1 while the collector is connected to the inverter and it answers",
                 "device_up"),
     _supervisor("rctmon_inventory_complete", "gauge", (), "1 once the inverter's inventory is fully discovered",

@@ -5,7 +5,7 @@ Flow (the supervisor is the hub; children never talk to each other):
     collector  --ReadingBatch, Inventory, DeviceStatus------------>  supervisor
     supervisor --ReadingBatch (with seq), Inventory, DeviceStatus->  every child that reads readings
     supervisor --Health------------------------------------------->  every child that reads health
-    exporter   --Ack(seq)----------------------------------------->  supervisor
+    exporter   --Ack(seq)----------------------------------------->  supervisor (and back, to begin a resend)
     any child  --Heartbeat (with its stats)----------------------->  supervisor
     any child  --Started (once set up)---------------------------->  supervisor
     supervisor --Stop--------------------------------------------->  any child
@@ -54,9 +54,14 @@ class DeviceStatus:
 
 @dataclass(frozen=True)
 class Ack:
-    """An exporter has made batch `seq` (and every earlier one) durable; the supervisor may forget them."""
+    """An exporter has made batch `seq` (and every earlier one) durable; the supervisor may forget them.
+
+    With `resend`, the exporter let go of the batches after `seq` (its spool could not store them): the supervisor
+    sends them again from its backlog, preceded by this Ack, so that the exporter knows where they begin.
+    """
 
     seq: int
+    resend: bool = False
 
 
 @dataclass(frozen=True)

@@ -96,11 +96,37 @@ def _influxdb_status(stats: Stats) -> str:
     return f"InfluxDB {stats.get('state', 'starting')}" + (f", {spooled} spooled" if spooled else "")
 
 
+#: The statuses the endpoint refuses requests with (rctmon.exporters.httpserver.REFUSAL_STATUSES) and the phases a
+#: connection can time out in (httpserver.Phase); here, because the supervisor must not import the endpoint.
+ENDPOINT_REFUSAL_STATUSES: tuple[str, ...] = ("400", "413", "431", "501", "505")
+ENDPOINT_TIMEOUT_PHASES: tuple[str, ...] = ("fresh", "handshake", "head", "writing", "idle", "closing")
+
 EXPORTERS: tuple[ChildSpec, ...] = (
     ChildSpec(
         "prometheus", "rctmon.exporters.prometheus:PrometheusExporter", enabled=lambda c: c.prometheus.enable,
         settings=lambda c: (c.prometheus, c.device.intervals), readings=True, replay_latest=True, health=True,
-        listen=lambda c: (c.prometheus.bind_address, c.prometheus.bind_port)),
+        listen=lambda c: (c.prometheus.bind_address, c.prometheus.bind_port),
+        health_metrics=(
+            _metric("prometheus", "rctmon_http_connections_accepted_total", "counter",
+                    "Connections the metrics endpoint accepted", "http_accepted"),
+            _metric("prometheus", "rctmon_http_requests_answered_total", "counter",
+                    "Requests the metrics endpoint answered (scrapes, the landing page, 401, 404, its own probes)",
+                    "http_answered"),
+            _metric("prometheus", "rctmon_http_requests_refused_total", "counter",
+                    "Requests the metrics endpoint refused as malformed or unwanted, by the status it sent ("
+                    + ", ".join(ENDPOINT_REFUSAL_STATUSES) + ")", "http_refused", labels=("code",),
+                    known=ENDPOINT_REFUSAL_STATUSES),
+            _metric("prometheus", "rctmon_http_connections_shed_total", "counter",
+                    "Connections the metrics endpoint closed at its connection limit to let a new client in",
+                    "http_shed"),
+            _metric("prometheus", "rctmon_http_connections_timed_out_total", "counter",
+                    "Connections the metrics endpoint closed because a phase took too long, by phase ("
+                    + ", ".join(ENDPOINT_TIMEOUT_PHASES) + ")", "http_timed_out", labels=("phase",),
+                    known=ENDPOINT_TIMEOUT_PHASES),
+            _metric("prometheus", "rctmon_http_tls_handshake_failures_total", "counter",
+                    "TLS handshakes with the metrics endpoint that failed (not TLS, no common cipher, a reset)",
+                    "http_tls_failed"),
+        )),
     ChildSpec(
         "influxdb", "rctmon.exporters.influxdb:InfluxExporter", enabled=lambda c: c.influxdb.enable,
         settings=lambda c: c.influxdb, readings=True, acknowledges=True, status=_influxdb_status,
@@ -113,8 +139,15 @@ EXPORTERS: tuple[ChildSpec, ...] = (
             _metric("influxdb", "rctmon_influxdb_spool_points", "gauge", "Points in the spool waiting for InfluxDB",
                     "spool_points"),
             _metric("influxdb", "rctmon_influxdb_points_dropped_total", "counter",
-                    "Points dropped: oldest points when the spool was full, lines InfluxDB rejected as malformed, "
-                    "and readings whose value cannot be stored (NaN, infinite, absurd)", "points_dropped"),
+                    "Points dropped: oldest points when the spool was full, points in spool rows that could not be "
+                    "read or in a damaged spool file, lines InfluxDB rejected as malformed, and readings whose value "
+                    "cannot be stored (NaN, infinite, absurd)", "points_dropped"),
+            _metric("influxdb", "rctmon_influxdb_spool_corrupt_total", "counter",
+                    "Damaged spool files moved aside (*.corrupt-<time>) and replaced by a new spool",
+                    "spool_corrupt_files"),
+            _metric("influxdb", "rctmon_influxdb_spool_unreadable_points_total", "counter",
+                    "Points skipped while draining because their spool rows could not be read (also counted in "
+                    "rctmon_influxdb_points_dropped_total)", "spool_unreadable_points"),
             _metric("influxdb", "rctmon_influxdb_last_write_timestamp_seconds", "gauge",
                     "When InfluxDB last accepted a write", "last_write_timestamp"),
         )),

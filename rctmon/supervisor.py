@@ -60,6 +60,9 @@ RELOAD_SETTLE = 0.2
 #: influxdb-client from a cold SD card). Less than half of the unit's WatchdogSec=30.
 RELOAD_PREFLIGHT_TIMEOUT = 10.0
 BACKLOG_MAX_READINGS = 1_000_000  # per acknowledging child; beyond it the oldest batches are dropped and counted
+#: The `message` label of rctmon_messages_dropped_total: the messages other than readings the supervisor sends.
+MESSAGE_KINDS: dict[type, str] = {Inventory: "inventory", DeviceStatus: "device_status", Health: "health",
+                                  Stop: "stop"}
 _FORK = multiprocessing.get_context("fork")
 
 
@@ -76,6 +79,7 @@ class Incarnation:
     stop_deadline: float | None = None  # Stop was sent: its exit is no failure; killed when this passes
     killed: bool = False
     sent_upto: int = 0  # highest seq of the backlog written to its channel
+    resend_from: int | None = None  # it asked for the backlog after this seq again (Ack.resend)
 
 
 @dataclass(eq=False)
@@ -91,6 +95,8 @@ class Child:
     failures: int = 0  # consecutive failed incarnations, for the backoff
     restarts: int = 0
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)  # reason -> readings
+    #: message kind -> messages other than readings its channel refused (MESSAGE_KINDS)
+    messages_dropped: collections.Counter[str] = field(default_factory=collections.Counter)
     backlog: collections.deque[ReadingBatch] = field(default_factory=collections.deque)
     backlog_readings: int = 0
     rss_bytes: int = 0
@@ -221,8 +227,8 @@ class Supervisor:
         spec = child.spec
         if spec.readings:
             if self.inventory is not None:
-                ours.send(self.inventory)
-            ours.send(self.device)
+                self._send(child, self.inventory)
+            self._send(child, self.device)
             if spec.replay_latest and self.latest:
                 latest = ReadingBatch(tuple(self.latest.values()), seq=0)
                 if not ours.send(latest):
@@ -231,7 +237,7 @@ class Supervisor:
         if spec.health:
             # Last, so that the child has everything above before it sees its first Health: the endpoint answers
             # only once it has that, and never shows a restart count or a value the supervisor knows better.
-            ours.send(self.health())
+            self._send(child, self.health())
 
     def _fds_to_close_in_child(self, own: Channel, child: Child) -> list[int]:
         """Return the supervisor's descriptors a forked child must not keep (channels, sentinels, others' ports)."""
@@ -275,7 +281,7 @@ class Supervisor:
         if inc is None or inc.stop_deadline is not None:
             return
         inc.stop_deadline = time.monotonic() + STOP_GRACE
-        inc.channel.send(Stop())
+        self._send(child, Stop())  # refused: it is killed when the deadline passes
 
     def _close(self) -> None:
         for child in self.children.values():
@@ -481,6 +487,10 @@ class Supervisor:
         inc = child.incarnation
         if inc is None or inc.channel.closed:
             return
+        if inc.resend_from is not None:
+            if not inc.channel.send(Ack(inc.resend_from)):  # marks where the batches sent again begin
+                return
+            inc.sent_upto, inc.resend_from = inc.resend_from, None
         for batch in child.backlog:
             if batch.seq <= inc.sent_upto:
                 continue
@@ -491,6 +501,8 @@ class Supervisor:
     def _on_ack(self, child: Child, ack: Ack) -> None:
         while child.backlog and child.backlog[0].seq <= ack.seq:
             child.backlog_readings -= len(child.backlog.popleft().readings)
+        if ack.resend and child.incarnation is not None:
+            child.incarnation.resend_from = ack.seq
         self._send_backlog(child)
 
     def _on_inventory(self, child: Child, inventory: Inventory) -> None:
@@ -536,8 +548,24 @@ class Supervisor:
 
     def _broadcast(self, message: object) -> None:
         for reader in self._readers():
-            if reader.incarnation is not None:
-                reader.incarnation.channel.send(message)
+            self._send(reader, message)
+
+    @staticmethod
+    def _send(child: Child, message: object) -> bool:
+        """Send a message other than readings to the child's incarnation; count it when an open channel refuses it.
+
+        A closed channel is not counted: its successor gets the inventory, the device status and Health at its
+        start, and a Stop is moot. A refused Inventory or DeviceStatus leaves the child on the previous one until
+        the next change, a refused Health is replaced within HEALTH_INTERVAL, a refused Stop ends in a kill.
+        """
+        inc = child.incarnation
+        if inc is None:
+            return False
+        if inc.channel.send(message):
+            return True
+        if not inc.channel.closed:
+            child.messages_dropped[MESSAGE_KINDS[type(message)]] += 1
+        return False
 
     # --- health and status ------------------------------------------------------------------------------------------
 
@@ -553,6 +581,8 @@ class Supervisor:
             "cpu_seconds": {SUPERVISOR: cpu, **{c.name: c.cpu_seconds for c in children}},
             "readings_dropped": {(c.name, reason): count for c in children
                                  for reason, count in self._dropped(c).items()},
+            "messages_dropped": {(c.name, kind): count for c in children
+                                 for kind, count in self._messages_dropped(c).items()},
             "device_up": int(self.device.up),
             "inventory_complete": int(self.inventory is not None and self.inventory.complete),
             "readings": self.readings_routed,
@@ -579,14 +609,21 @@ class Supervisor:
                 result[str(reason)] = result.get(str(reason), 0) + int(count)
         return result
 
+    @staticmethod
+    def _messages_dropped(child: Child) -> dict[str, int]:
+        """Return the child's refused messages by kind: every kind it is sent, counted or not."""
+        kinds = [kind for kind, needed in (("inventory", child.spec.readings), ("device_status", child.spec.readings),
+                                           ("health", child.spec.health), ("stop", True)) if needed]
+        return {**dict.fromkeys(kinds, 0), **child.messages_dropped}
+
     def _send_health(self) -> None:
         self._health_dirty = False
         self._health_sent = time.monotonic()
-        readers = [c.incarnation for c in self.children.values() if c.spec.health and c.incarnation is not None]
+        readers = [c for c in self.children.values() if c.spec.health and c.incarnation is not None]
         if readers:
             health = self.health()
-            for inc in readers:
-                inc.channel.send(health)
+            for child in readers:
+                self._send(child, health)
 
     def readings_per_minute(self) -> int:
         cutoff = time.monotonic() - 60.0

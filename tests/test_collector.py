@@ -434,17 +434,23 @@ def test_request_timeout_backs_off_on_silence_and_on_late_answers_and_learns_fro
     asyncio.run(scenario())
 
 
-def test_poller_asks_a_given_up_object_once_more_when_the_queue_runs_dry_if_the_peer_is_answering() -> None:
+def test_poller_asks_a_given_up_object_again_when_the_queue_runs_dry_if_the_peer_is_answering() -> None:
     async def scenario() -> None:
         wire = Wire()
         poller = Poller(wire.link, Window(4), wire.stats, request_timeout=0.05, max_attempts=2)
         poller.ask([SOC, NAME_ID])
         assert wire.take() == [SOC, NAME_ID]
         answer(poller, wire, [NAME_ID], rtt=0.01)  # the peer answers, but SOC is lost again and again
-        await wait_until(lambda: poller.idle, 5.0, "SOC given up twice")
-        await asyncio.sleep(0.2)
-        assert wire.take() == [SOC] * 3  # the second attempt, given up, asked once more: two attempts
-        assert poller.given_up == 2
+        await wait_until(lambda: poller.idle and poller.given_up == 2, 5.0, "SOC given up twice")
+        assert wire.take() == [SOC] * 3  # the second attempt, given up, asked again: two attempts
+        poller.ask([NAME_ID])  # nothing answered during SOC's second round; now something is
+        assert wire.take() == [NAME_ID]
+        answer(poller, wire, [NAME_ID], rtt=0.01)
+        await wait_until(lambda: poller.idle and poller.given_up == 3, 5.0, "SOC given up a third time")
+        assert wire.take() == [SOC] * 2  # the third and last round
+        poller.ask([NAME_ID])
+        answer(poller, wire, wire.take(), rtt=0.01)
+        assert poller.idle and wire.take() == []  # ASK_ROUNDS rounds: left until its tier comes round
         poller.ask([SOC])  # its tier came round: asked afresh
         assert wire.take() == [SOC]
         poller.close()

@@ -109,7 +109,8 @@ def full_health(processes: Sequence[str] = ("collector", "prometheus", "influxdb
     everyone = (*processes, "supervisor")
     own = {"build_info": {"1.0": 1}, "up": dict.fromkeys(everyone, 1), "restarts": dict.fromkeys(everyone, 1),
            "resident_memory_bytes": dict.fromkeys(everyone, 1 << 20), "cpu_seconds": dict.fromkeys(everyone, 0.5),
-           "readings_dropped": {("influxdb", "backlog_full"): 7}, "device_up": 1, "inventory_complete": 1,
+           "readings_dropped": {("influxdb", "backlog_full"): 7},
+           "messages_dropped": {("prometheus", "health"): 1}, "device_up": 1, "inventory_complete": 1,
            "readings": 96, "last_reading_seconds": time.time()}
     stats = {"collector": collector, "influxdb": influxdb, "mqtt": mqtt, "prometheus": {}}
     return Health({**{name: stats[name] for name in processes}, "supervisor": own}, inventory=INVENTORY)

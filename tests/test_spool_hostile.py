@@ -426,6 +426,44 @@ def test_a_spool_held_by_another_process_says_who_holds_it_and_nothing_about_per
         spool.close()
 
 
+def _influxdb_child_on(spool_file: str, log_path: str) -> None:
+    """Run the influxdb child as the supervisor does (its crash path included), logging to a file."""
+    import functools
+
+    from rctmon import supervisor
+    from rctmon.channel import Channel
+    from rctmon.config import Config, InfluxDBConfig
+    from rctmon.exporters import influxdb, spool
+    from rctmon.registry import CHILD_BY_NAME
+
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+    influxdb.Spool = functools.partial(spool.Spool, lock_timeout=0.3)  # type: ignore[misc]
+    ours, theirs = Channel.pair()
+    config = Config(influxdb=InfluxDBConfig(enable=True, url="http://127.0.0.1:9", spool_path=spool_file))
+    supervisor._child_main(CHILD_BY_NAME["influxdb"], config, theirs, None, [])
+
+
+def test_a_locked_spool_ends_the_influxdb_child_with_one_error_line_and_no_traceback(
+        path: Path, tmp_path: Path) -> None:
+    """A spool another process took is an expected condition: the child used to log "influxdb crashed" and a
+    traceback; now one ERROR line says who holds it, and the child exits for a restart with backoff."""
+    spool = Spool(path, 1_000)
+    log_path = tmp_path / "child.log"
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_influxdb_child_on, args=(str(path), str(log_path)))
+        child.start()
+        child.join(20)
+        assert child.exitcode == 1
+    finally:
+        spool.close()
+    log = log_path.read_text()
+    errors = [line for line in log.splitlines() if line.startswith(("ERROR", "CRITICAL"))]
+    assert len(errors) == 1 and "in use by another process" in errors[0] and "backoff" in errors[0]
+    assert "Traceback" not in log and "crashed" not in log
+
+
 # --- the exporter child ---------------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(90)

@@ -158,6 +158,10 @@ class App(Protocol):
     def __call__(self, request: Request) -> Response: ...
 
 
+#: Every status the endpoint refuses a request with: its own checks and h11's hints (400, 431, 501).
+REFUSAL_STATUSES: tuple[int, ...] = (400, 413, 431, 501, 505)
+
+
 class Refused(Exception):
     """A request the endpoint answers by itself with `status`, then closes the connection."""
 

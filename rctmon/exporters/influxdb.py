@@ -22,7 +22,7 @@ import sqlite3
 from typing import Callable
 from collections.abc import Awaitable, Sequence
 
-from rctmon.child import ChildContext, Job
+from rctmon.child import ChildContext, ChildFailed, Job
 from rctmon.exporters.influxwriter import Drainer, InfluxSender, StatsBox
 from rctmon.exporters.lineprotocol import EXPORTED_IDS, LineEncoder, inverter_tag
 from rctmon.exporters.spool import Spool, SpoolLocked, spool_path
@@ -37,7 +37,13 @@ MAX_READINGS_PER_COMMIT = 20000  # a long replay is committed (and acknowledged)
 
 
 class Receiver:
-    """The main thread's work: turn batches into spooled points (or held readings) and track what to ack."""
+    """The main thread's work: turn batches into spooled points (or held readings) and track what to ack.
+
+    While the spool cannot store (disk full, read-only), what arrived stays pending and unacknowledged, so that the
+    supervisor's backlog keeps it (bounded there, and counted when it overflows); every commit offers it again.
+    Beyond one slice (MAX_READINGS_PER_COMMIT) newer batches are let go rather than held twice, here and in the
+    supervisor: `forgot_after` says from where the supervisor must send them again once the pending ones are stored.
+    """
 
     def __init__(self, spool: Spool, stats: StatsBox, on_spooled: Callable[[], None] | None = None) -> None:
         """`on_spooled` runs after every commit that added points: the drain thread sleeps until told (it does
@@ -47,30 +53,49 @@ class Receiver:
         self._on_spooled = on_spooled
         self.encoder: LineEncoder | None = None
         self.acked = 0  # highest seq made durable
+        self.unstored = False  # the last commit could not store what is pending
+        self.forgot_after: int | None = None  # batches after this seq were let go while the spool could not store
         self._pending: list[ReadingBatch] = []
         self._pending_readings = 0
 
     def add(self, batch: ReadingBatch) -> None:
         """Queue a batch for the next commit; commit early when a slice is full."""
+        if self.forgot_after is not None:
+            return  # sent again once the pending batches are stored
+        if self.unstored and self._pending_readings >= MAX_READINGS_PER_COMMIT:
+            self.forgot_after = self._pending[-1].seq
+            return
         self._pending.append(batch)
         self._pending_readings += len(batch.readings)
         if self._pending_readings >= MAX_READINGS_PER_COMMIT:
             self.commit()
+
+    @property
+    def pending_readings(self) -> int:
+        return self._pending_readings
 
     def commit(self) -> int:
         """Make every queued batch durable in one transaction; return the seq that may now be acknowledged."""
         if not self._pending:
             return self.acked
         readings = [r for batch in self._pending for r in batch.readings]
+        dropped: int | None
         if self.encoder is not None:
+            # Encoded again on every attempt: batches pending when the inverter's name changes get the new one.
             invalid_before = self.encoder.invalid
             lines = self.encoder.encode_all(readings)
-            dropped = self.spool.append(lines)
-            self._note_invalid(self.encoder.invalid - invalid_before)
-            if lines:
-                self._spooled()
+            dropped = self.spool.try_append(lines)
+            if dropped is None:
+                self.encoder.invalid = invalid_before  # counted once they are stored
+            else:
+                self._note_invalid(self.encoder.invalid - invalid_before)
+                if lines:
+                    self._spooled()
         else:
-            dropped = self.spool.hold([r for r in readings if r[0] in EXPORTED_IDS])
+            dropped = self.spool.try_hold([r for r in readings if r[0] in EXPORTED_IDS])
+        self.unstored = dropped is None
+        if dropped is None:
+            return self.acked
         self.stats.dropped(dropped)
         self.acked = max(self.acked, max(batch.seq for batch in self._pending))
         self._pending.clear()
@@ -113,21 +138,25 @@ class InfluxExporter(Job):
         super().__init__(context)
         settings = context.config.influxdb
         self.path = spool_path(settings)
+        # Expected conditions, not bugs: one ERROR line each, no traceback; the supervisor restarts the child with
+        # backoff until they are over (preflight refuses both at start; at run time another process may take the
+        # spool, or its directory may go away).
         try:
-            self.spool = Spool(self.path, settings.spool_max_points)
+            self.spool = Spool(self.path, settings.spool_max_points, keep_unstored=True)
         except SpoolLocked as exc:
-            log.error("%s", exc)  # says who holds it and what to do; no hint about permissions
-            raise
+            log.error("%s; exiting, the supervisor starts this child again with backoff", exc)  # says who holds it
+            raise ChildFailed(str(exc)) from exc
         except (OSError, sqlite3.Error) as exc:
             log.error("cannot open the InfluxDB spool %s: %s; check the directory's permissions and free space, or "
                       "set influxdb.spool_path", self.path, exc)
-            raise
+            raise ChildFailed(str(exc)) from exc
         self.counters = StatsBox()
         # Without the thread nothing reaches InfluxDB: its end ends the child, and the supervisor starts a fresh one.
         self.drainer = Drainer(self.spool, lambda: InfluxSender(settings), settings, self.counters,
                                on_exit=lambda: context.fail("the InfluxDB drain thread has ended"))
         self.receiver = Receiver(self.spool, self.counters, self.drainer.points_spooled)
         self.ack_sent = 0
+        self.awaiting_resend = False  # asked the supervisor to send again what was let go; its Ack marks the start
 
     async def start(self) -> Sequence[Awaitable[object]]:
         settings = self.context.config.influxdb
@@ -139,19 +168,35 @@ class InfluxExporter(Job):
     def receive(self, messages: Sequence[object]) -> None:
         for message in messages:
             if isinstance(message, ReadingBatch):
-                self.receiver.add(message)
+                if not self.awaiting_resend:  # else it was sent before the resend began, and comes again
+                    self.receiver.add(message)
+            elif isinstance(message, Ack):
+                self.awaiting_resend = False  # the supervisor sends again from here
             elif isinstance(message, Inventory):
                 self.receiver.inventory(message)
             # DeviceStatus: readings simply stop while the inverter is away; nothing to do here
         self._acknowledge()
 
     def _acknowledge(self) -> None:
-        """Commit what arrived and acknowledge it; an Ack the full channel refused goes with the next one."""
-        if self.receiver.commit() > self.ack_sent and self.context.send(Ack(self.receiver.acked)):
-            self.ack_sent = self.receiver.acked
+        """Commit what arrived and acknowledge it; an Ack the full channel refused goes with the next one.
+
+        Nothing is acknowledged while the spool cannot store it. Once the pending batches are stored, an Ack with
+        `resend` asks the supervisor for those let go meanwhile (Receiver).
+        """
+        acked = self.receiver.commit()
+        if self.receiver.forgot_after is not None:
+            if not self.receiver.unstored and self.context.send(Ack(acked, resend=True)):
+                self.receiver.forgot_after = None
+                self.awaiting_resend = True
+                self.ack_sent = acked
+        elif acked > self.ack_sent and self.context.send(Ack(acked)):
+            self.ack_sent = acked
 
     def stats(self) -> Stats:
-        return dataclasses.asdict(self.counters.snapshot(self.spool.count + self.spool.held_count))
+        snapshot = self.counters.snapshot(self.spool.count + self.spool.held_count)
+        snapshot.spool_corrupt_files = self.spool.corrupt_files_set_aside
+        snapshot.spool_unreadable_points = self.spool.unreadable_rows
+        return dataclasses.asdict(snapshot)
 
     async def stop(self) -> None:
         self._acknowledge()
@@ -160,6 +205,9 @@ class InfluxExporter(Job):
 
     def close(self) -> None:
         self.receiver.commit()  # what arrived is durable, whoever is left to acknowledge it to
+        if self.receiver.unstored:
+            log.warning("%d readings could not be stored in the spool (%s); the supervisor keeps them for the next "
+                        "start of this child", self.receiver.pending_readings, self.spool.store_failure)
         if self.drainer.stop(STOP_JOIN):
             self.spool.close()  # otherwise the thread may still use it; the process is about to end anyway
         log.info("stopped; %d points stay in the spool", self.spool.count + self.spool.held_count)

@@ -172,6 +172,8 @@ class InfluxStats:
     write_errors: dict[str, int] = field(default_factory=dict)  # kind -> count
     spool_points: int = 0
     points_dropped: int = 0
+    spool_corrupt_files: int = 0  # the spool's own counters (Spool.corrupt_files_set_aside, .unreadable_rows)
+    spool_unreadable_points: int = 0
     last_write_timestamp: float = 0.0  # epoch seconds of the last accepted write; 0: none yet
     #: for the systemd status: starting, ok, unreachable, timeout, server_error, rate_limited, unauthorized,
     #: forbidden, not_found, http_<status>, other

@@ -34,6 +34,7 @@ from rctmon.catalog import Kind, Sample, Series, Tier
 from rctmon.child import ChildContext, Job
 from rctmon.config import Config, Intervals
 from rctmon.exporters import http
+from rctmon.exporters.httpserver import EndpointStats
 from rctmon.health_metrics import SUPERVISOR, HealthMetric
 from rctmon.inventory import Inventory
 from rctmon.messages import DeviceStatus, Health, ReadingBatch, Stats, StatValue, Value
@@ -142,13 +143,17 @@ class State:
 # --- health metrics -------------------------------------------------------------------------------------------------
 
 
-def health_stats(snap: Snapshot, process: str, own_rss_bytes: int, own_cpu_seconds: float) -> dict[str, Stats]:
+def health_stats(snap: Snapshot, process: str, own_rss_bytes: int, own_cpu_seconds: float,
+                 own_stats: Stats | None = None) -> dict[str, Stats]:
     """Return the figures the health metrics show: the supervisor's, updated with what this process knows better.
 
-    This process answers the scrape, so it is up, and its own memory and CPU are fresher than the supervisor's
-    copy; DeviceStatus and Inventory messages arrive here before the next Health does.
+    This process answers the scrape, so it is up, and its own memory, CPU and figures (`own_stats`: the endpoint's
+    counters) are fresher than the supervisor's copy; DeviceStatus and Inventory messages arrive here before the
+    next Health does.
     """
     stats: dict[str, Stats] = dict(snap.health.stats) if snap.health is not None else {}
+    if own_stats is not None and process in stats:  # in Health: the supervisor runs this process as `process`
+        stats[process] = own_stats
     supervisor: dict[str, StatValue] = dict(stats.get(SUPERVISOR, {}))
     for key, value in (("up", 1), ("resident_memory_bytes", own_rss_bytes), ("cpu_seconds", own_cpu_seconds)):
         supervisor[key] = {**_mapping(supervisor.get(key)), process: value}
@@ -362,16 +367,19 @@ class RctmonCollector:
         rctmon_generator_power_watts{generator="a",inverter="Garage"} 1234.5
     """
 
-    def __init__(self, state: State, config: Config, process: str = "prometheus") -> None:
+    def __init__(self, state: State, config: Config, process: str = "prometheus",
+                 own_stats: Callable[[], Stats] | None = None) -> None:
         self._state = state
         self._config = config
         self._process = process
+        self._own_stats = own_stats
         self._helps = {family.name: family_help(family, config.device.intervals) for family in FAMILIES}
         self._memo: Memo = {}  # used by one rendering at a time (ExpositionCache renders under a lock)
 
     def collect(self) -> Iterator[Metric]:
         snap = self._state.snapshot()
-        yield from health_families(health_stats(snap, self._process, *resource_usage()))
+        own = self._own_stats() if self._own_stats is not None else None
+        yield from health_families(health_stats(snap, self._process, *resource_usage(), own))
         inverter = inverter_name(snap.inventory)
         if self._config.prometheus.exposition and inverter:
             freshness = Freshness(self._config.device.intervals)
@@ -424,11 +432,24 @@ class FamilyEncoder:
         return b"".join(parts) + (self._EOF if openmetrics else b"")
 
 
-def build_registry(state: State, config: Config, process: str = "prometheus") -> CollectorRegistry:
+def build_registry(state: State, config: Config, process: str = "prometheus",
+                   own_stats: Callable[[], Stats] | None = None) -> CollectorRegistry:
     """Return a registry of its own (not prometheus_client's global one) holding only rctmon's collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RctmonCollector(state, config, process))
+    registry.register(RctmonCollector(state, config, process, own_stats))
     return registry
+
+
+def endpoint_stats(stats: EndpointStats) -> Stats:
+    """Return the endpoint's counters by the stat keys of the prometheus child's health metrics (registry.py)."""
+    return {
+        "http_accepted": stats.accepted,
+        "http_answered": stats.answered,
+        "http_refused": {str(status): count for status, count in stats.refused.items()},
+        "http_shed": stats.shed,
+        "http_timed_out": dict(stats.timed_out),
+        "http_tls_failed": stats.tls_failed,
+    }
 
 
 # --- the process ----------------------------------------------------------------------------------------------------
@@ -470,7 +491,7 @@ class PrometheusExporter(Job):
             await asyncio.wait_for(self._health_arrived.wait(), HEALTH_WAIT)
         except asyncio.TimeoutError:
             log.warning("no health from the supervisor within %g s; serving without it", HEALTH_WAIT)
-        cache = http.ExpositionCache(build_registry(self.state, config, self.context.name),
+        cache = http.ExpositionCache(build_registry(self.state, config, self.context.name, self.stats),
                                      self.state.current_generation, encoders=FamilyEncoder().choose)
         tls = http.tls_context(config.prometheus)
         self.endpoint = http.Endpoint(sock, http.MetricsApp(cache, http.basic_auth(config.prometheus)), tls)
@@ -484,6 +505,9 @@ class PrometheusExporter(Job):
         log.info("serving metrics on %s://%s (exposition %s)", "https" if tls else "http", _address(sock),
                  "on" if config.prometheus.exposition else "off")
         return (self.serving,)
+
+    def stats(self) -> Stats:
+        return endpoint_stats(self.endpoint.stats if self.endpoint is not None else EndpointStats())
 
     async def check(self) -> bool:
         """Return whether the endpoint answers: it answered a scrape or a request of its own lately, or does now.

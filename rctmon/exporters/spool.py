@@ -185,9 +185,12 @@ class Spool:
     """
 
     def __init__(self, path: str | os.PathLike[str], max_points: int, lock_timeout: float = LOCK_TIMEOUT,
-                 check_seconds: float = CHECK_SECONDS) -> None:
+                 check_seconds: float = CHECK_SECONDS, keep_unstored: bool = False) -> None:
+        """`keep_unstored`: the owner stores with try_append/try_hold and keeps what could not be stored (the log
+        says so instead of counting it as dropped)."""
         self.path = Path(path)
         self.max_points = max_points
+        self.keep_unstored = keep_unstored
         self.check_seconds = check_seconds
         self.dropped = 0  # points and held readings let go of since open (see the class docstring)
         self.corrupt_files_set_aside = 0  # damaged spool files moved aside since open
@@ -455,17 +458,18 @@ class Spool:
     def _store_failed(self, reason: str, dropped: int) -> None:
         """Count points that could not be stored; log the first of an episode at ERROR."""
         if self.store_failure is None:
-            log.error("cannot store points in the InfluxDB spool %s: %s; points that cannot be stored are dropped "
-                      "and counted in rctmon_influxdb_points_dropped_total until it works again",
-                      self.path, reason)
+            log.error("cannot store points in the InfluxDB spool %s: %s; %s until it works again", self.path, reason,
+                      "new points wait, unacknowledged, in rctmon's memory" if self.keep_unstored else
+                      "points that cannot be stored are dropped and counted in rctmon_influxdb_points_dropped_total")
             self._failure_dropped = 0
         self.store_failure = reason
         self._failure_dropped += dropped
 
     def _stored(self) -> None:
         if self.store_failure is not None:
-            log.info("the InfluxDB spool %s stores points again; %d were dropped meanwhile (%s)",
-                        self.path, self._failure_dropped, self.store_failure)
+            log.info("the InfluxDB spool %s stores points again%s (%s)", self.path,
+                     "" if self.keep_unstored else f"; {self._failure_dropped} were dropped meanwhile",
+                     self.store_failure)
             self.store_failure = None
 
     def _write(self, work: Callable[[sqlite3.Connection], T], dropped: int) -> T | None:
@@ -554,6 +558,17 @@ class Spool:
         Return how many points were dropped: the oldest ones, these lines if they could not be stored, and what
         was lost since the last call while draining or to a damaged file (so the caller counts every drop).
         """
+        dropped = self.try_append(lines)
+        if dropped is None:
+            self.dropped += len(lines)
+            return len(lines) + self._take_unreported()
+        return dropped
+
+    def try_append(self, lines: Sequence[bytes]) -> int | None:
+        """Store points as `append` does, but return None, counting nothing, when they could not be stored.
+
+        The caller still has them and may offer them again (the exporter leaves them unacknowledged).
+        """
         with self._lock:
             if lines:
                 def work(conn: sqlite3.Connection) -> tuple[int, int, int]:
@@ -562,10 +577,9 @@ class Spool:
                     dropped = self._trim(conn, "points", self._count + len(lines) - self.max_points)
                     return self._count + len(lines) - dropped, last_id, dropped
 
-                result = self._write(work, len(lines))
+                result = self._write(work, 0 if self.keep_unstored else len(lines))
                 if result is None:
-                    self.dropped += len(lines)
-                    return len(lines) + self._take_unreported()
+                    return None
                 self._count, self._last_id, dropped = result
                 self._note_dropped(dropped, "points")
             else:
@@ -574,6 +588,14 @@ class Spool:
 
     def hold(self, readings: Sequence[Reading]) -> int:
         """Store readings that cannot become points yet (no inverter name). Return how many were dropped (as append)."""
+        dropped = self.try_hold(readings)
+        if dropped is None:
+            self.dropped += len(readings)
+            return len(readings) + self._take_unreported()
+        return dropped
+
+    def try_hold(self, readings: Sequence[Reading]) -> int | None:
+        """Hold readings as `hold` does, but return None, counting nothing, when they could not be stored."""
         with self._lock:
             if readings:
                 rows = [(oid, _storable(value), ts) for oid, value, ts in readings]
@@ -583,10 +605,9 @@ class Spool:
                     dropped = self._trim(conn, "held", self._held + len(rows) - self.max_points)
                     return self._held + len(rows) - dropped, dropped
 
-                result = self._write(work, len(rows))
+                result = self._write(work, 0 if self.keep_unstored else len(rows))
                 if result is None:
-                    self.dropped += len(rows)
-                    return len(rows) + self._take_unreported()
+                    return None
                 self._held, dropped = result
                 self._note_dropped(dropped, "held readings")
             else:
