@@ -4,6 +4,8 @@ Flow (the supervisor is the hub; children never talk to each other):
 
     collector  --ReadingBatch, Inventory, DeviceStatus------------>  supervisor
     supervisor --ReadingBatch (with seq), Inventory, DeviceStatus->  every child that reads readings
+    collector  --BackfillBatch------------------------------------>  supervisor
+    supervisor --BackfillBatch (with seq)------------------------->  every child that keeps the history record
     supervisor --Health------------------------------------------->  every child that reads health
     exporter   --Ack(seq)----------------------------------------->  supervisor (and back, to begin a resend)
     any child  --Heartbeat (with its stats)----------------------->  supervisor
@@ -41,6 +43,28 @@ class ReadingBatch:
     """The readings of one burst. `seq` is set by the supervisor and is what an exporter acknowledges."""
 
     readings: tuple[Reading, ...]
+    seq: int = 0
+
+
+#: A span of the history record: (rctclient object name of a logger series or the event table, start, end), UNIX s.
+RecordSpan = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class BackfillBatch:
+    """What the backfill read from the inverter's logger, and which part of the history record that completes.
+
+    `lines` are line protocol, ready for the spool; `done` the spans they complete (a span is done once its points
+    are durable, so it travels with them); `gaps` spans newly missing from the record (declared when a connection
+    starts, before any of its live readings); nothing before `since` is to be filled any more (history.max_gap).
+    Routed like a ReadingBatch to the children that keep the record (`ChildSpec.history`): numbered by `seq` and
+    acknowledged, so a span is never marked done before its points are in the spool.
+    """
+
+    lines: tuple[bytes, ...] = ()
+    done: tuple[RecordSpan, ...] = ()
+    gaps: tuple[RecordSpan, ...] = ()
+    since: int | None = None
     seq: int = 0
 
 
@@ -94,6 +118,8 @@ class CollectorStats:
     inventory_complete: bool = False
     last_reading_ns: int = 0
     readings_dropped: dict[str, int] = field(default_factory=dict)  # reason -> readings the channel refused
+    #: kind -> answers of the inverter's logger the backfill refused and asked again (rctmon/history/protocol.py)
+    history_backfill_reasked: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from rctmon.collector.framer import DECODE_ERROR_KINDS
 from rctmon.config import Config
+from rctmon.history.protocol import BAD_ANSWER_KINDS
 from rctmon.health_metrics import CHANNEL_FULL, DROP_REASONS, SUPERVISOR, SUPERVISOR_METRICS, HealthMetric
 from rctmon.messages import RESPONSE_BUCKETS, Stats
 
@@ -39,6 +40,9 @@ class ChildSpec:
     #: would otherwise lack slow and static values until they are next polled, up to an hour later.
     replay_latest: bool = False
     health: bool = False  # it gets `Health`: at start, before anything it serves, and on every change
+    #: It keeps the history record: it gets every BackfillBatch (what the backfill read from the inverter's logger),
+    #: kept in its backlog until acknowledged like readings (rctmon/history/record.py).
+    history: bool = False
     #: The address its listening socket is bound to. The supervisor binds it (so the port stays bound across
     #: restarts, and a taken port fails the start) and hands the socket to every incarnation.
     listen: Callable[[Config], tuple[str, int]] | None = None
@@ -51,6 +55,8 @@ class ChildSpec:
     def __post_init__(self) -> None:
         if self.readings and not (self.acknowledges or self.replay_latest):
             raise ValueError(f"{self.name}: a reader of readings must acknowledge them or get the latest replayed")
+        if self.history and not self.acknowledges:
+            raise ValueError(f"{self.name}: the history record advances only on acknowledged batches")
         if not set(self.drops) <= set(DROP_REASONS):
             raise ValueError(f"{self.name}: drop reasons {self.drops} must be among {DROP_REASONS}")
         strays = [m.name for m in self.health_metrics if m.source != self.name]
@@ -64,8 +70,9 @@ def _metric(source: str, name: str, type_: str, help_: str, key: str, labels: tu
 
 
 COLLECTOR = ChildSpec(
-    "collector", "rctmon.collector.process:CollectorJob", enabled=lambda c: True, settings=lambda c: c.device,
-    drops=(CHANNEL_FULL,),
+    "collector", "rctmon.collector.process:CollectorJob", enabled=lambda c: True,
+    # the backfill runs in the collector, and only with InfluxDB (Prometheus cannot take the past)
+    settings=lambda c: (c.device, c.history, c.influxdb.enable), drops=(CHANNEL_FULL,),
     health_metrics=(
         _metric("collector", "rctmon_device_connects_total", "counter", "TCP connections opened to the inverter",
                 "connects"),
@@ -83,6 +90,10 @@ COLLECTOR = ChildSpec(
                 "Requests the inverter did not answer in time", "request_timeouts"),
         _metric("collector", "rctmon_response_seconds", "histogram", "Time from sending a request to its answer",
                 "response", buckets=RESPONSE_BUCKETS),
+        _metric("collector", "rctmon_history_backfill_answers_reasked_total", "counter",
+                "Answers of the inverter's logger the backfill refused and asked again, by kind (" +
+                ", ".join(BAD_ANSWER_KINDS) + ")", "history_backfill_reasked", labels=("kind",),
+                known=BAD_ANSWER_KINDS),
     ))
 
 #: The kinds of failed write the influxdb exporter counts (rctmon.exporters.influxwriter.classify), besides
@@ -93,7 +104,20 @@ INFLUXDB_WRITE_ERROR_KINDS: tuple[str, ...] = ("connection", "timeout", "server"
 
 def _influxdb_status(stats: Stats) -> str:
     spooled = stats.get("spool_points", 0)
-    return f"InfluxDB {stats.get('state', 'starting')}" + (f", {spooled} spooled" if spooled else "")
+    pending = stats.get("history_backfill_pending_seconds", 0)
+    return (f"InfluxDB {stats.get('state', 'starting')}" + (f", {spooled} spooled" if spooled else "")
+            + (f", backfilling {_span(pending)}" if isinstance(pending, (int, float)) and pending > 0 else ""))
+
+
+def _span(seconds: float) -> str:
+    """Return a span of time as people read it in a status line: 45s, 12m, 5h12m, 3d4h."""
+    whole = int(seconds)
+    days, hours, minutes = whole // 86400, whole % 86400 // 3600, whole % 3600 // 60
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m" if minutes else f"{whole}s"
 
 
 #: The statuses the endpoint refuses requests with (rctmon.exporters.httpserver.REFUSAL_STATUSES) and the phases a
@@ -129,7 +153,8 @@ EXPORTERS: tuple[ChildSpec, ...] = (
         )),
     ChildSpec(
         "influxdb", "rctmon.exporters.influxdb:InfluxExporter", enabled=lambda c: c.influxdb.enable,
-        settings=lambda c: c.influxdb, readings=True, acknowledges=True, status=_influxdb_status,
+        settings=lambda c: (c.influxdb, c.history), readings=True, acknowledges=True, history=True,
+        status=_influxdb_status,
         health_metrics=(
             _metric("influxdb", "rctmon_influxdb_points_written_total", "counter", "Points InfluxDB accepted",
                     "points_written"),
@@ -150,6 +175,12 @@ EXPORTERS: tuple[ChildSpec, ...] = (
                     "rctmon_influxdb_points_dropped_total)", "spool_unreadable_points"),
             _metric("influxdb", "rctmon_influxdb_last_write_timestamp_seconds", "gauge",
                     "When InfluxDB last accepted a write", "last_write_timestamp"),
+            _metric("influxdb", "rctmon_history_backfill_points_total", "counter",
+                    "Points the backfill read from the inverter's logger and put into the spool",
+                    "history_backfill_points"),
+            _metric("influxdb", "rctmon_history_backfill_pending_seconds", "gauge",
+                    "Time the history record still lacks (what the backfill has yet to fill); 0 when complete",
+                    "history_backfill_pending_seconds"),
         )),
     ChildSpec(
         "mqtt", "rctmon.exporters.mqtt:MqttExporter", enabled=lambda c: c.mqtt.enable,

@@ -30,6 +30,9 @@ log = logging.getLogger("rctmon.statedir")
 DEFAULT_INSTANCE = "rctmon"
 #: The InfluxDB spool's file name in the state directory.
 SPOOL_FILE = "influxdb-spool.sqlite"
+#: The history record (rctmon/history/record.py): up to when InfluxDB holds everything, and what the backfill lacks.
+#: It lives beside the spool, whose points it describes, wherever `influxdb.spool_path` puts that.
+RECORD_FILE = "history-record.json"
 #: The files sqlite keeps beside a database: they move with it (the WAL holds committed transactions).
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 MAX_INSTANCE_LENGTH = 64
@@ -72,6 +75,11 @@ def state_dir(instance: str, environ: Mapping[str, str] | None = None) -> Path:
 def state_file(instance: str, name: str, environ: Mapping[str, str] | None = None) -> Path:
     """Return the path of one of the instance's state files, e.g. `state_file(config.instance, SPOOL_FILE)`."""
     return state_dir(instance, environ) / name
+
+
+def record_path(spool: Path) -> Path:
+    """Return where the history record of the spool `spool` lives: beside it."""
+    return spool.with_name(RECORD_FILE)
 
 
 def earlier_path(path: Path, environ: Mapping[str, str] | None = None) -> Path | None:

@@ -21,6 +21,7 @@ been handled.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -29,7 +30,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Union
 from collections.abc import Iterable
 
 from rctmon import __version__
@@ -39,7 +40,8 @@ from rctmon.config import Config, ConfigError
 from rctmon.health_metrics import BACKLOG_FULL, SEND_FAILED, SUPERVISOR
 from rctmon.inventory import Inventory
 from rctmon.logsetup import setup_logging
-from rctmon.messages import Ack, DeviceStatus, Health, Heartbeat, Reading, ReadingBatch, Started, Stats, Stop
+from rctmon.messages import (Ack, BackfillBatch, DeviceStatus, Health, Heartbeat, Reading, ReadingBatch, Started,
+                             Stats, Stop)
 from rctmon.proc import Every, become_child, resource_usage, set_title
 from rctmon.registry import CHILDREN, ChildSpec
 from rctmon.systemd import Notifier
@@ -64,6 +66,14 @@ BACKLOG_MAX_READINGS = 1_000_000  # per acknowledging child; beyond it the oldes
 MESSAGE_KINDS: dict[type, str] = {Inventory: "inventory", DeviceStatus: "device_status", Health: "health",
                                   Stop: "stop"}
 _FORK = multiprocessing.get_context("fork")
+#: What an acknowledging child's backlog holds: readings, and (for the child that keeps the history record) what the
+#: backfill read; both numbered from one sequence, so one Ack covers both.
+Numbered = Union[ReadingBatch, BackfillBatch]
+
+
+def _size(batch: Numbered) -> int:
+    """Return the readings (or history lines) a backlog entry counts for."""
+    return len(batch.readings) if isinstance(batch, ReadingBatch) else len(batch.lines)
 
 
 @dataclass(eq=False)
@@ -97,7 +107,7 @@ class Child:
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)  # reason -> readings
     #: message kind -> messages other than readings its channel refused (MESSAGE_KINDS)
     messages_dropped: collections.Counter[str] = field(default_factory=collections.Counter)
-    backlog: collections.deque[ReadingBatch] = field(default_factory=collections.deque)
+    backlog: collections.deque[Numbered] = field(default_factory=collections.deque)
     backlog_readings: int = 0
     rss_bytes: int = 0
     cpu_seconds: float = 0.0
@@ -476,11 +486,22 @@ class Supervisor:
                 if not channel.send(batch) and not channel.closed:
                     reader.dropped[SEND_FAILED] += len(batch.readings)  # a closed one: its successor gets the latest
 
+    def _on_backfill(self, child: Child, batch: BackfillBatch) -> None:
+        """Number what the backfill read and keep it for the children that keep the history record, until acked."""
+        self.seq += 1
+        batch = dataclasses.replace(batch, seq=self.seq)
+        for reader in self.children.values():
+            if reader.spec.history:
+                reader.backlog.append(batch)
+                reader.backlog_readings += len(batch.lines)
+                self._trim_backlog(reader)
+                self._send_backlog(reader)
+
     def _trim_backlog(self, child: Child) -> None:
         while child.backlog_readings > BACKLOG_MAX_READINGS and len(child.backlog) > 1:
             old = child.backlog.popleft()
-            child.backlog_readings -= len(old.readings)
-            child.dropped[BACKLOG_FULL] += len(old.readings)
+            child.backlog_readings -= _size(old)
+            child.dropped[BACKLOG_FULL] += _size(old)
 
     def _send_backlog(self, child: Child) -> None:
         """Write every batch the current incarnation has not been sent yet (while its channel takes them)."""
@@ -500,7 +521,7 @@ class Supervisor:
 
     def _on_ack(self, child: Child, ack: Ack) -> None:
         while child.backlog and child.backlog[0].seq <= ack.seq:
-            child.backlog_readings -= len(child.backlog.popleft().readings)
+            child.backlog_readings -= _size(child.backlog.popleft())
         if ack.resend and child.incarnation is not None:
             child.incarnation.resend_from = ack.seq
         self._send_backlog(child)
@@ -536,6 +557,7 @@ class Supervisor:
 
     _handlers: dict[type, Callable[[Supervisor, Child, Any], None]] = {
         ReadingBatch: _on_batch,
+        BackfillBatch: _on_backfill,
         Ack: _on_ack,
         Inventory: _on_inventory,
         DeviceStatus: _on_device_status,

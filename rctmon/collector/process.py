@@ -16,15 +16,18 @@ from collections.abc import Awaitable, Sequence
 
 from rctmon.catalog import OBJECTS, Tier, enabled_series
 from rctmon.child import ChildContext, Job
-from rctmon.collector.connection import (RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX, InverterConnection, LinkDown,
-                                         Silence, describe, open_connection, reconnect_policy)
+from rctmon.collector.backfill import Backfill
+from rctmon.collector.connection import (QUERYABLE, RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX, InverterConnection,
+                                         LinkDown, Silence, describe, open_connection, reconnect_policy)
 from rctmon.collector.discovery import INVENTORY_IDS, discover
 from rctmon.collector.framer import INVALID, Decoder, Frame
 from rctmon.collector.scheduler import Poller, TierClock, Window, ids_by_tier
 from rctmon.config import Config
+from rctmon.exporters.spool import spool_path
 from rctmon.inventory import Inventory
 from rctmon.health_metrics import CHANNEL_FULL
-from rctmon.messages import CollectorStats, DeviceStatus, Reading, ReadingBatch, Stats
+from rctmon.messages import BackfillBatch, CollectorStats, DeviceStatus, Reading, ReadingBatch, Stats
+from rctmon.statedir import record_path
 
 log = logging.getLogger("rctmon.collector")
 
@@ -48,8 +51,11 @@ class Collector:
     """Connect, discover, poll by tier, batch readings; reconnect with backoff whenever the connection fails."""
 
     def __init__(self, config: Config, sink: Sink, stats: CollectorStats | None = None,
-                 reconnect_wait: tuple[float, float] = (RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX)) -> None:
+                 reconnect_wait: tuple[float, float] = (RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX),
+                 backfill: Backfill | None = None) -> None:
+        """`backfill` fills holes in the record from the inverter's logger (rctmon/collector/backfill.py)."""
         self._device = config.device
+        self.backfill = backfill
         self._reconnect_wait = reconnect_wait
         self._sink = sink
         self.stats = stats if stats is not None else CollectorStats()
@@ -88,6 +94,9 @@ class Collector:
         tasks = [asyncio.ensure_future(self._inventory_loop(poller, ready)),
                  asyncio.ensure_future(self._poll_loop(poller, ready)),
                  asyncio.ensure_future(self._watchdog(poller))]
+        if self.backfill is not None:
+            self.backfill.connected(self.stats.last_reading_ns)  # the hole, declared before this connection's readings
+            tasks.append(asyncio.ensure_future(self._backfill_loop(self.backfill, poller, ready)))
         try:
             waiters: list[asyncio.Future[Any]] = [*tasks, connection.closed]
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -129,6 +138,8 @@ class Collector:
         readings = 0
         for object_id, payload in frames:
             if object_id not in TRACKED_IDS:
+                if object_id in QUERYABLE:
+                    poller.resolve_query(object_id, payload, now)  # the backfill's (or another client's: ignored)
                 continue
             value = decode(object_id, payload)
             if value is not INVALID and object_id in OBJECTS:
@@ -183,6 +194,13 @@ class Collector:
                 poller.ask(self._tiers.get(tier, ()))
             await asyncio.sleep(max(0.0, clock.next_due() - loop.time()))
 
+    async def _backfill_loop(self, backfill: Backfill, poller: Poller, ready: asyncio.Event) -> None:
+        """Fill the record's holes once the inverter's name is known; then wait for the connection's end."""
+        await ready.wait()
+        assert self.inventory is not None
+        await backfill.run(poller, self.inventory)
+        await asyncio.get_running_loop().create_future()  # a task that ends would end the session
+
     async def _watchdog(self, poller: Poller) -> None:
         """Raise Silence when requests have gone unanswered for `silence_timeout` seconds.
 
@@ -236,6 +254,10 @@ class ChannelSink:
     def readings(self, readings: tuple[Reading, ...]) -> None:
         self._send(ReadingBatch(readings), len(readings))
 
+    def backfill(self, batch: BackfillBatch) -> bool:
+        """Send what the backfill read; False when the channel refused it (the backfill reads it again later)."""
+        return self._context.send(batch)
+
 
 class CollectorJob(Job):
     """The collector child: the collector runs as the job's background work until Stop."""
@@ -243,7 +265,12 @@ class CollectorJob(Job):
     def __init__(self, context: ChildContext) -> None:
         super().__init__(context)
         self.counters = CollectorStats()
-        self.collector = Collector(context.config, ChannelSink(context, self.counters), self.counters)
+        config = context.config
+        sink = ChannelSink(context, self.counters)
+        # the backfill writes only to InfluxDB (Prometheus cannot take the past); its record lives beside the spool
+        backfill = (Backfill(config, sink, self.counters, record_path(spool_path(config.influxdb, adopt=False)))
+                    if config.history.backfill and config.influxdb.enable else None)
+        self.collector = Collector(config, sink, self.counters, backfill=backfill)
 
     async def start(self) -> Sequence[Awaitable[object]]:
         return (self.collector.run(),)
@@ -253,3 +280,5 @@ class CollectorJob(Job):
 
     async def stop(self) -> None:
         self.collector.flush()  # readings of a burst cut short still reach the supervisor
+        if self.collector.backfill is not None:
+            self.collector.backfill.flush()

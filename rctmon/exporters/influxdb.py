@@ -12,6 +12,10 @@ process) is written twice with the same series and timestamps, which InfluxDB st
 
 Readings that arrive before the inverter's name (the `inverter` tag) is known are held in the spool as raw
 readings and become points as soon as an Inventory names the inverter.
+
+With `history.backfill`, this child also keeps the history record (rctmon/history/record.py): BackfillBatches (the
+collector's backfill from the inverter's logger) arrive in the same numbered stream; their lines are committed to
+the spool, then what they fill is marked in the record and the record saved, then the batch is acknowledged.
 """
 
 from __future__ import annotations
@@ -19,21 +23,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sqlite3
-from typing import Callable
+import time
+from typing import Callable, Union
 from collections.abc import Awaitable, Sequence
 
 from rctmon.child import ChildContext, ChildFailed, Job
 from rctmon.exporters.influxwriter import Drainer, InfluxSender, StatsBox
 from rctmon.exporters.lineprotocol import EXPORTED_IDS, LineEncoder, inverter_tag
 from rctmon.exporters.spool import Spool, SpoolLocked, spool_path
+from rctmon.history.record import Keeper
 from rctmon.inventory import Inventory
-from rctmon.messages import Ack, ReadingBatch, Stats
+from rctmon.messages import Ack, BackfillBatch, ReadingBatch, Stats
+from rctmon.statedir import record_path
 
 log = logging.getLogger("rctmon.influxdb")
 
 FINAL_FLUSH = 1.0  # seconds a healthy writer gets on Stop to send what the last flush interval collected
 STOP_JOIN = 0.5  # seconds to wait for the drain thread after that (a write in flight is abandoned)
 MAX_READINGS_PER_COMMIT = 20000  # a long replay is committed (and acknowledged) in slices
+Numbered = Union[ReadingBatch, BackfillBatch]
 
 
 class Receiver:
@@ -45,20 +53,22 @@ class Receiver:
     supervisor: `forgot_after` says from where the supervisor must send them again once the pending ones are stored.
     """
 
-    def __init__(self, spool: Spool, stats: StatsBox, on_spooled: Callable[[], None] | None = None) -> None:
+    def __init__(self, spool: Spool, stats: StatsBox, on_spooled: Callable[[], None] | None = None,
+                 keeper: Keeper | None = None) -> None:
         """`on_spooled` runs after every commit that added points: the drain thread sleeps until told (it does
-        not poll an empty spool)."""
+        not poll an empty spool). `keeper` is the history record, if the backfill is on."""
         self.spool = spool
         self.stats = stats
         self._on_spooled = on_spooled
+        self.keeper = keeper
         self.encoder: LineEncoder | None = None
         self.acked = 0  # highest seq made durable
         self.unstored = False  # the last commit could not store what is pending
         self.forgot_after: int | None = None  # batches after this seq were let go while the spool could not store
-        self._pending: list[ReadingBatch] = []
+        self._pending: list[Numbered] = []
         self._pending_readings = 0
 
-    def add(self, batch: ReadingBatch) -> None:
+    def add(self, batch: Numbered) -> None:
         """Queue a batch for the next commit; commit early when a slice is full."""
         if self.forgot_after is not None:
             return  # sent again once the pending batches are stored
@@ -66,7 +76,7 @@ class Receiver:
             self.forgot_after = self._pending[-1].seq
             return
         self._pending.append(batch)
-        self._pending_readings += len(batch.readings)
+        self._pending_readings += len(batch.readings) if isinstance(batch, ReadingBatch) else len(batch.lines)
         if self._pending_readings >= MAX_READINGS_PER_COMMIT:
             self.commit()
 
@@ -78,29 +88,47 @@ class Receiver:
         """Make every queued batch durable in one transaction; return the seq that may now be acknowledged."""
         if not self._pending:
             return self.acked
-        readings = [r for batch in self._pending for r in batch.readings]
+        readings = [r for batch in self._pending if isinstance(batch, ReadingBatch) for r in batch.readings]
+        # the backfill's lines are ready; with live points they are stored in one transaction
+        history = [line for batch in self._pending if isinstance(batch, BackfillBatch) for line in batch.lines]
         dropped: int | None
         if self.encoder is not None:
             # Encoded again on every attempt: batches pending when the inverter's name changes get the new one.
             invalid_before = self.encoder.invalid
             lines = self.encoder.encode_all(readings)
-            dropped = self.spool.try_append(lines)
+            dropped = self.spool.try_append(lines + history)
             if dropped is None:
                 self.encoder.invalid = invalid_before  # counted once they are stored
             else:
                 self._note_invalid(self.encoder.invalid - invalid_before)
-                if lines:
+                if lines or history:
                     self._spooled()
         else:
             dropped = self.spool.try_hold([r for r in readings if r[0] in EXPORTED_IDS])
+            if dropped is not None and history:
+                more = self.spool.try_append(history)  # held readings stored again with them are one point each
+                dropped = None if more is None else dropped + more
+                if more is not None:
+                    self._spooled()
         self.unstored = dropped is None
         if dropped is None:
             return self.acked
         self.stats.dropped(dropped)
+        if self.keeper is not None:
+            self._mark_record(self.keeper)
         self.acked = max(self.acked, max(batch.seq for batch in self._pending))
         self._pending.clear()
         self._pending_readings = 0
         return self.acked
+
+    def _mark_record(self, keeper: Keeper) -> None:
+        """Mark in the history record what the batches just stored fill, in the order they came; save it."""
+        for batch in self._pending:
+            if isinstance(batch, BackfillBatch):
+                keeper.apply(batch)
+            elif batch.readings:
+                keeper.live(max(r[2] for r in batch.readings) // 1_000_000_000)
+        keeper.save(time.monotonic())
 
     def inventory(self, inventory: Inventory) -> None:
         """Tag readings with the inverter's name from now on; turn held readings into points."""
@@ -154,7 +182,9 @@ class InfluxExporter(Job):
         # Without the thread nothing reaches InfluxDB: its end ends the child, and the supervisor starts a fresh one.
         self.drainer = Drainer(self.spool, lambda: InfluxSender(settings), settings, self.counters,
                                on_exit=lambda: context.fail("the InfluxDB drain thread has ended"))
-        self.receiver = Receiver(self.spool, self.counters, self.drainer.points_spooled)
+        # the history record lives beside the spool whose points it describes
+        self.keeper = Keeper(record_path(self.path), time.time()) if context.config.history.backfill else None
+        self.receiver = Receiver(self.spool, self.counters, self.drainer.points_spooled, self.keeper)
         self.ack_sent = 0
         self.awaiting_resend = False  # asked the supervisor to send again what was let go; its Ack marks the start
 
@@ -167,7 +197,7 @@ class InfluxExporter(Job):
 
     def receive(self, messages: Sequence[object]) -> None:
         for message in messages:
-            if isinstance(message, ReadingBatch):
+            if isinstance(message, (ReadingBatch, BackfillBatch)):
                 if not self.awaiting_resend:  # else it was sent before the resend began, and comes again
                     self.receiver.add(message)
             elif isinstance(message, Ack):
@@ -196,6 +226,9 @@ class InfluxExporter(Job):
         snapshot = self.counters.snapshot(self.spool.count + self.spool.held_count)
         snapshot.spool_corrupt_files = self.spool.corrupt_files_set_aside
         snapshot.spool_unreadable_points = self.spool.unreadable_rows
+        if self.keeper is not None:
+            snapshot.history_backfill_points = self.keeper.points
+            snapshot.history_backfill_pending_seconds = self.keeper.pending_seconds
         return dataclasses.asdict(snapshot)
 
     async def stop(self) -> None:
@@ -205,6 +238,8 @@ class InfluxExporter(Job):
 
     def close(self) -> None:
         self.receiver.commit()  # what arrived is durable, whoever is left to acknowledge it to
+        if self.keeper is not None:
+            self.keeper.save(float("inf"))  # live progress the last throttled save left out
         if self.receiver.unstored:
             log.warning("%d readings could not be stored in the spool (%s); the supervisor keeps them for the next "
                         "start of this child", self.receiver.pending_readings, self.spool.store_failure)

@@ -178,6 +178,9 @@ class InfluxStats:
     #: for the systemd status: starting, ok, unreachable, timeout, server_error, rate_limited, unauthorized,
     #: forbidden, not_found, http_<status>, other
     state: str = "starting"
+    #: the daemon's backfill (rctmon/history/record.py): points it put into the spool, time the record still lacks
+    history_backfill_points: int = 0
+    history_backfill_pending_seconds: int = 0
 
 
 @dataclass

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 from collections.abc import Sequence
 
 from rctmon.history.events import Event, decode
@@ -83,6 +83,13 @@ class Unread:
     reason: str
 
 
+#: A span to read: a series (None: the event table) over [start, end).
+Span = tuple[Optional[LoggerRow], int, int]
+#: Told that a chain has read [start, end) of an object (its rctclient name) completely and handed on what lies there;
+#: `instants` are those of the answer that brought it, newest first (empty when the logger had nothing older).
+Progress = Callable[[str, int, int, Sequence[int]], None]
+
+
 @dataclass
 class _Job:
     """One chain: a series (None: the event table) over [start, end)."""
@@ -91,6 +98,7 @@ class _Job:
     start: int
     end: int
     done: int = 0  # seconds of the span covered so far
+    reported: int = 0  # [start, reported) is what is left to report to `Progress` (set to `end` when it starts)
 
     @property
     def object_id(self) -> int:
@@ -123,13 +131,16 @@ class Reader:
     """Read series and the event table over a window through a Querier; hand what is read to a Consumer."""
 
     def __init__(self, querier: Querier, clock: InverterClock, consumer: Consumer, stats: HistoryStats | None = None,
-                 concurrency: int = CONCURRENCY, now: Callable[[], float] = time.time) -> None:
+                 concurrency: int = CONCURRENCY, now: Callable[[], float] = time.time,
+                 progress: Progress | None = None) -> None:
+        """`progress` (the daemon's backfill) is told which part of each span is read, as soon as it is."""
         self._querier = querier
         self._clock = clock
         self._consumer = consumer
         self.stats = stats if stats is not None else HistoryStats()
         self._concurrency = max(1, concurrency)
         self._now = now
+        self._progress = progress
         self._jobs: list[_Job] = []
         self.unread: list[Unread] = []
 
@@ -141,19 +152,25 @@ class Reader:
 
     async def run(self, rows: Sequence[LoggerRow], events: bool, start: int, end: int) -> None:
         """Read every row (and the event table, if `events`) over [start, end)."""
-        jobs: list[_Job] = []
-        if events:
-            jobs.append(_Job(None, start, end))
         # a day, month or year entry is stamped with the period's start: take the period `start` falls in
-        spans = {row: chunks(row, self._clock.period_start(start, row.resolution.name), end, self._clock)
-                 for row in rows}
+        spans: list[Span] = [(None, start, end)] if events else []
+        spans += [(row, self._clock.period_start(start, row.resolution.name), end) for row in rows]
+        await self.run_spans(spans)
+
+    async def run_spans(self, spans: Sequence[Span]) -> None:
+        """Read each span of a series (or of the event table, row None); spans of one series must not overlap."""
+        jobs = [_Job(None, start, end) for row, start, end in spans if row is None]
+        chunked = [chunks(row, start, end, self._clock) for row, start, end in spans if row is not None]
+        rows = [row for row, _, _ in spans if row is not None]
         # newest spans first, interleaved across series, so that every series advances together
-        depth = max((len(s) for s in spans.values()), default=0)
+        depth = max((len(c) for c in chunked), default=0)
         for index in range(depth):
-            for row in rows:
-                if index < len(spans[row]):
-                    span_start, span_end = spans[row][-1 - index]
+            for row, pieces in zip(rows, chunked):
+                if index < len(pieces):
+                    span_start, span_end = pieces[-1 - index]
                     jobs.append(_Job(row, span_start, span_end))
+        for job in jobs:
+            job.reported = job.end
         self._jobs.extend(jobs)
         queue = deque(jobs)
 
@@ -162,6 +179,14 @@ class Reader:
                 await self._chain(queue.popleft())
 
         await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(jobs)))))
+
+    def _report(self, job: _Job, start: int, instants: Sequence[int]) -> None:
+        """Tell `progress` that [start, job.reported) is read (what lies there handed on already)."""
+        start = max(start, job.start)
+        if start < job.reported:
+            if self._progress is not None:
+                self._progress(job.name, start, job.reported, instants)
+            job.reported = start
 
     async def _ask(self, job: _Job, asked: int) -> bytes:
         """Return an answer's payload, asking again while nobody answers (at most MAX_UNANSWERED times)."""
@@ -189,6 +214,8 @@ class Reader:
                 await self._series_chain(job, job.row)
         except _GiveUp as exc:
             self._unread(job, job.start, job.end - job.done, str(exc))
+        else:
+            self._report(job, job.start, ())  # the logger holds nothing older, or the chain passed its start
         job.done = job.end - job.start
 
     def _unread(self, job: _Job, start: int, end: int, reason: str) -> None:
@@ -247,11 +274,13 @@ class Reader:
                 fold_start = clock.candidates(earlier)[0]  # where the first pass through the hour began
                 self._unread(job, max(job.start, fold_start), oldest, "answers did not reach back through the "
                              "repeated autumn hour")
+                job.reported = min(job.reported, max(job.start, fold_start))  # the span not read is no progress
                 asked, stuck = earlier, 0
                 continue
             stuck = 0
             oldest = last.instant
             job.done = job.end - max(oldest, job.start)
+            self._report(job, oldest, [entry.instant for entry in entries])
             if oldest <= job.start:
                 return
             asked = last.stamp
@@ -300,6 +329,8 @@ class Reader:
             stuck = 0
             oldest = last.instant
             job.done = job.end - max(oldest, job.start)
+            # events of the oldest second may not all have fit: that second is read again, so not reported yet
+            self._report(job, oldest + 1, [raw.instant for raw in rows])
             if oldest < job.start:
                 return
             # one second later than the oldest: events of that second that did not fit come again (deduplicated)

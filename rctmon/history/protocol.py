@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rctmon.history.timezone import InverterClock
+if TYPE_CHECKING:  # the registry (and so the supervisor) imports this module for BAD_ANSWER_KINDS: keep it light
+    from rctmon.history.timezone import InverterClock
 
 #: 2000-01-01 00:00:00 as a stamp: the inverter's records begin there (its year series ends at the year 2000).
 EARLIEST_STAMP = 946_684_800
