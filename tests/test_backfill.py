@@ -9,6 +9,8 @@ first (InfluxDB overwrites it), so "nothing twice" is checked on the raw samples
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 import urllib.request
@@ -17,7 +19,7 @@ from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
-from support import child_pids, free_port, rctmon_command, stop_process, wait_for
+from support import child_pids, free_port, pid_gone, rctmon_command, stop_process, wait_for
 from vmserver import VictoriaMetrics, victoria
 
 from rctmon.history.series import rows_for
@@ -183,3 +185,82 @@ def test_first_start_fills_the_hours_before_while_live_values_arrive(tmp_path: P
         # the step in progress at the start is not logged yet: it comes a step later
         wait_for(lambda: plant.metrics().get("rctmon_history_backfill_points_total", 0) >= 71 * len(ROWS), 15,
                  message="the backfill's points counted")
+
+
+def raw_and_distinct(server: VictoriaMetrics) -> dict[str, list[int]]:
+    stored = history_samples(server)
+    return {name: sorted(times) for name, times in stored.items()}
+
+
+@pytest.mark.timeout(90)
+def test_a_restart_fills_exactly_the_gap(tmp_path: Path, victoria: VictoriaMetrics, plants: list[Plant]) -> None:
+    step = 10
+    with SimulatorThread(SimulatorOptions(name=NAME, history_days=1, logger_step=step, events=0)) as sim:
+        plant = Plant(tmp_path, sim, victoria.url, "  first_start: 0s\n")
+        plants.append(plant)
+        plant.start()  # a first install that fills nothing: the record starts with the first live readings
+        wait_for(lambda: plant.record().get("complete_until"), 20, message="the first record")
+        plant.stop()
+        assert not history_samples(victoria)
+        # stopped for a while: the record is set back by 10 minutes
+        until = plant.record()["complete_until"]
+        assert isinstance(until, int)
+        write_record(plant, until - 600)
+        before = time.time()
+        plant.start()
+        wait_for(lambda: plant.metrics().get("rctmon_device_up") == 1.0, 20, message="the daemon connected")
+        after = time.time()
+        wait_for(lambda: plant.complete(before), 40, interval=0.2, message="the record complete again")
+        # complete means in the spool; the drain thread writes it out a moment later
+        wait_for(lambda: covers(victoria, sim, (until - 600, before), (until - 600, after)), 10, interval=0.2,
+                 message="the gap in InfluxDB")
+        stored = raw_and_distinct(victoria)
+        low, high = truth(sim, until - 600, before), truth(sim, until - 600, after)
+        assert set(stored) == set(low)
+        for name, times in stored.items():
+            assert len(times) == len(set(times)), f"{name}: a step written twice"
+            assert low[name] <= set(times) <= high[name], name
+            assert all(b - a == step for a, b in zip(times, times[1:])), f"{name}: a step missing"
+        wait_for(lambda: plant.metrics().get("rctmon_history_backfill_pending_seconds") == 0, 15,
+                 message="nothing pending in the metrics")
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_of_the_collector_and_of_the_influxdb_child_resumes_and_completes(
+        tmp_path: Path, victoria: VictoriaMetrics, plants: list[Plant]) -> None:
+    step = 10
+    with SimulatorThread(SimulatorOptions(name=NAME, history_days=1, logger_step=step, events=0,
+                                          latency_ms=2)) as sim:
+        # a narrow window of requests makes the backfill last long enough to be interrupted twice
+        plant = Plant(tmp_path, sim, victoria.url, "  first_start: 8h\n", device="  max_in_flight: 2\n")
+        plants.append(plant)
+        before = time.time()
+        plant.start()
+
+        def pending() -> int:
+            return sum(end - start for spans in plant.record().get("missing", {}).values()  # type: ignore[union-attr]
+                       for start, end in spans)
+
+        def kill_mid_backfill(role: str, declared: int) -> int:
+            """Kill -9 `role` once the backfill has filled part of what is pending; return what was pending then."""
+            wait_for(lambda: 0 < pending() < declared, 30, interval=0.02, message="the backfill under way")
+            left = pending()
+            victim = plant.children()[role]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: pid_gone(victim) and plant.children().get(role, victim) != victim, 20,
+                     message=f"{role} restarted")
+            return left
+
+        wait_for(lambda: pending() > 0, 20, message="the gap declared")
+        left = kill_mid_backfill("rctmon: collector", pending())
+        kill_mid_backfill("rctmon: influxdb", left)
+        after = time.time()
+        wait_for(lambda: plant.complete(before), 60, interval=0.2, message="the record complete")
+        wait_for(lambda: covers(victoria, sim, (after - 8 * 3600, before), (before - 8 * 3600, after)), 10,
+                 interval=0.2, message="the hours in InfluxDB")
+        stored = raw_and_distinct(victoria)
+        low, high = truth(sim, after - 8 * 3600, before), truth(sim, before - 8 * 3600, after)
+        for name in low:
+            times = set(stored.get(name, ()))
+            assert low[name] <= times <= high[name], f"{name}: {len(low[name] - times)} steps missing"
+        assert "restarting" in plant.log_text()

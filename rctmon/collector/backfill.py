@@ -108,13 +108,13 @@ class Backfill:
         """Fill what the record lacks, in passes, until nothing is missing; return then."""
         assert self.record is not None, "connected() first"
         self._format = LineFormat(inverter_tag(inventory) or "unknown")
-        while self.record.missing:
-            before = self.record.pending_seconds()
+        if not self.record.missing:
+            return
+        started = time.monotonic()
+        while True:
             await self._pass(querier, self.record.spans())
-            after = self.record.pending_seconds()
             if not self.record.missing:
-                log.info("the record is complete again (backfill: %s filled)", _span_text(before - after)
-                         if before > after else "nothing")
+                log.info("the record is complete again (backfill: %.1f s)", time.monotonic() - started)
                 return
             await asyncio.sleep(self._wait())
 
