@@ -150,6 +150,8 @@ def parse(text: str) -> Record:
         data = json.loads(text)
     except ValueError as exc:
         raise BadRecord(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise BadRecord("nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BadRecord(f"not a record of format {FORMAT}")
     until = data.get("complete_until")
