@@ -264,3 +264,35 @@ def test_kill_9_of_the_collector_and_of_the_influxdb_child_resumes_and_completes
             times = set(stored.get(name, ()))
             assert low[name] <= times <= high[name], f"{name}: {len(low[name] - times)} steps missing"
         assert "restarting" in plant.log_text()
+
+
+@pytest.mark.timeout(60)
+def test_a_corrupt_record_is_one_log_line_and_a_first_install(tmp_path: Path, victoria: VictoriaMetrics,
+                                                              plants: list[Plant]) -> None:
+    with SimulatorThread(SimulatorOptions(name=NAME, history_days=1, events=0)) as sim:
+        plant = Plant(tmp_path, sim, victoria.url, "  first_start: 1h\n")
+        plants.append(plant)
+        plant.state.mkdir(parents=True)
+        plant.record_path.write_bytes(b'{"format": 1, "complete_until": "\xff\x00')
+        before = time.time()
+        plant.start()
+        wait_for(lambda: covers(victoria, sim, (time.time() - 3600, before - 300), (before - 3600 - 60, time.time())),
+                 30, interval=0.5, message="the hour before the start in InfluxDB")
+        assert isinstance(plant.record().get("complete_until"), int)  # the influxdb child wrote a good one
+        text = plant.log_text()
+        warnings = [line for line in text.splitlines() if "ignoring the history record" in line]
+        assert len(warnings) == 1 and " - WARNING - " in warnings[0] and "Traceback" not in text
+
+
+@pytest.mark.timeout(60)
+def test_backfill_off_reads_and_writes_no_record(tmp_path: Path, victoria: VictoriaMetrics,
+                                                 plants: list[Plant]) -> None:
+    with SimulatorThread(SimulatorOptions(name=NAME, history_days=1, events=5)) as sim:
+        plant = Plant(tmp_path, sim, victoria.url, "  backfill: false\n  first_start: 6h\n")
+        plants.append(plant)
+        plant.start()
+        wait_for(lambda: victoria.count('{__name__="grid_frequency"}') >= 3, 30, message="live values")
+        assert not history_samples(victoria) and not victoria.count('{__name__=~"inverter_event_.+"}')
+        assert not plant.record_path.exists()
+        assert plant.metrics().get("rctmon_history_backfill_pending_seconds") == 0
+        assert sim.simulator.records.logger.points(ROWS[0].object_name, 0, 2**31)  # there was something to fill

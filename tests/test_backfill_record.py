@@ -12,6 +12,7 @@ import pytest
 from rctmon.history import record as records
 from rctmon.history.record import BACKFILLED, MAX_SPANS, Keeper, Record, load, save
 from rctmon.messages import BackfillBatch
+from rctmon.registry import CHILD_BY_NAME
 
 NOW = 1_796_000_000
 A, B = BACKFILLED[0], BACKFILLED[-1]  # a 5-minute series and the event table
@@ -126,3 +127,13 @@ def test_a_record_that_cannot_be_saved_is_logged_once(tmp_path: Path, caplog: py
             keeper.save(float(second))
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "cannot save" in errors[0].getMessage()
+
+
+@pytest.mark.parametrize(("pending", "shown"), [
+    (0, "InfluxDB ok"), (45, "InfluxDB ok, backfilling 45s"), (720, "InfluxDB ok, backfilling 12m"),
+    (5 * 3600 + 12 * 60, "InfluxDB ok, backfilling 5h12m"), (3 * 86400 + 4 * 3600, "InfluxDB ok, backfilling 3d4h"),
+])
+def test_the_status_line_shows_the_backfill_while_it_runs(pending: int, shown: str) -> None:
+    influxdb = CHILD_BY_NAME["influxdb"]
+    assert influxdb.status is not None
+    assert influxdb.status({"state": "ok", "history_backfill_pending_seconds": pending}) == shown

@@ -83,7 +83,7 @@ class Backfill:
         """
         now = int(self._now())
         if self.record is None:
-            self.record = records.load(self._path, now)
+            self.record = records.load(self._path, now, report=False)  # the influxdb child, its keeper, reports
         record = self.record
         if last_live_ns:
             record.live(last_live_ns // 1_000_000_000)

@@ -173,8 +173,11 @@ def parse(text: str) -> Record:
     return record
 
 
-def load(path: Path, now: float) -> Record:
-    """Return the record saved at `path`; an absent, unreadable or corrupt file is an empty record (logged once)."""
+def load(path: Path, now: float, report: bool = True) -> Record:
+    """Return the record saved at `path`; an absent, unreadable or corrupt file is an empty record.
+
+    A bad file is logged as a warning if `report` (by the process that keeps the record), else at debug level.
+    """
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
@@ -184,8 +187,8 @@ def load(path: Path, now: float) -> Record:
     except FileNotFoundError:
         return Record()
     except (OSError, UnicodeDecodeError, BadRecord) as exc:
-        log.warning("ignoring the history record %s: %s; the backfill starts as on a first install "
-                    "(history.first_start)", path, exc)
+        log.log(logging.WARNING if report else logging.DEBUG, "ignoring the history record %s: %s; the backfill "
+                "starts as on a first install (history.first_start)", path, exc)
         return Record()
     return _clamped(record, path, int(now))
 
