@@ -102,6 +102,12 @@ def _history() -> list[Row]:
     return history.run()
 
 
+def _backfill() -> list[Row]:
+    from bench import backfill
+
+    return backfill.run()
+
+
 BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "startup": _startup,
     "memory": _memory,
@@ -110,6 +116,7 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "scrape": _scrape,
     "influx": _influx,
     "history": _history,
+    "backfill": _backfill,
     "framer": _framer,
     "spool": _spool,
 }
