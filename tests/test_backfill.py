@@ -296,3 +296,27 @@ def test_backfill_off_reads_and_writes_no_record(tmp_path: Path, victoria: Victo
         assert not plant.record_path.exists()
         assert plant.metrics().get("rctmon_history_backfill_pending_seconds") == 0
         assert sim.simulator.records.logger.points(ROWS[0].object_name, 0, 2**31)  # there was something to fill
+
+
+@pytest.mark.timeout(90)
+def test_an_outage_longer_than_max_gap_is_filled_that_far_back_through_reconnects(
+        tmp_path: Path, victoria: VictoriaMetrics, plants: list[Plant]) -> None:
+    step = 10
+    options = SimulatorOptions(name=NAME, history_days=1, logger_step=step, events=0, latency_ms=10,
+                               disconnect_every=3, seed=3)
+    with SimulatorThread(options) as sim:
+        plant = Plant(tmp_path, sim, victoria.url, "  max_gap: 4h\n", device="  max_in_flight: 2\n")
+        plants.append(plant)
+        before = time.time()
+        write_record(plant, int(before) - 6 * 3600)  # away for six hours: only the last four are asked for
+        plant.start()
+        # the inverter drops every connection after 3 s: the backfill goes on from connection to connection
+        wait_for(lambda: covers(victoria, sim, (time.time() - 4 * 3600, before - step), (before - 4 * 3600 - 5,
+                                                                                         time.time())),
+                 60, interval=0.5, message="the last four hours in InfluxDB, nothing older")
+        resumed = [line for line in plant.log_text().splitlines() if "the record lacks" in line]
+        assert len(resumed) >= 2, resumed  # a connection ended while a backfill of more than a minute ran
+        assert sim.stats.disconnects >= 1
+        # once a connection lasts longer than a logger step, the newest steps of every hole follow
+        sim.simulator.options.disconnect_every = 0
+        wait_for(lambda: plant.complete(before), 30, interval=0.2, message="the record complete")

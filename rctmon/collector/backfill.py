@@ -45,6 +45,8 @@ BATCH_LINES = 2000
 FLUSH_EVERY = 1.0
 #: The logger's step when an answer does not show it (two entries or more do).
 DEFAULT_STEP = 300
+#: Holes shorter than this are filled without a log line.
+QUIET_BELOW = 60
 #: Seconds before a pass that left spans unread (unanswered, refused, or a batch the channel refused) is retried.
 RETRY_WAIT = 60.0
 
@@ -102,7 +104,9 @@ class Backfill:
         record.live(now)
         pending = record.pending_seconds()
         if pending:
-            log.info("the record lacks %s; filling it from the inverter's logger", _span_text(pending))
+            # a reconnect after a few seconds leaves a hole of a few seconds: not worth a line each time
+            log.log(logging.INFO if pending >= QUIET_BELOW else logging.DEBUG,
+                    "the record lacks %s; filling it from the inverter's logger", _span_text(pending))
 
     async def run(self, querier: Querier, inventory: Inventory) -> None:
         """Fill what the record lacks, in passes, until nothing is missing; return then."""
