@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from rctmon.config import Config, device_timezone
 from rctmon.exporters.lineprotocol import inverter_tag
 from rctmon.history import record as records
-from rctmon.history.engine import Querier, Reader, Span
+from rctmon.history.engine import Querier, Reader, Span, Unread
 from rctmon.history.events import Event
 from rctmon.history.outputs import LineFormat
 from rctmon.history.series import EVENT_OBJECT, LoggerRow, rows_for
@@ -47,8 +47,10 @@ FLUSH_EVERY = 1.0
 DEFAULT_STEP = 300
 #: Holes shorter than this are filled without a log line.
 QUIET_BELOW = 60
-#: Seconds before a pass that left spans unread (unanswered, refused, or a batch the channel refused) is retried.
+#: Seconds before a pass that left spans unread (unanswered, refused, or a batch the channel refused) is retried;
+#: doubled after every pass that filled nothing, up to RETRY_WAIT_MAX (a logger that never answers costs little).
 RETRY_WAIT = 60.0
+RETRY_WAIT_MAX = 3600.0
 
 
 class BackfillSink(Protocol):
@@ -115,14 +117,24 @@ class Backfill:
         if not self.record.missing:
             return
         started = time.monotonic()
+        fruitless = 0  # passes in a row that filled nothing
         while True:
-            await self._pass(querier, self.record.spans())
+            before = self.record.pending_seconds()
+            unread = await self._pass(querier, self.record.spans())
             if not self.record.missing:
                 log.info("the record is complete again (backfill: %.1f s)", time.monotonic() - started)
                 return
-            await asyncio.sleep(self._wait())
+            fruitless = 0 if self.record.pending_seconds() < before else fruitless + 1
+            wait = self._wait(fruitless)
+            if unread:
+                first = unread[0]
+                log.warning("the backfill could not read %d spans (%s, %d s: %s%s); trying again in %s", len(unread),
+                            first.what, first.end - first.start, first.reason,
+                            f"; and {len(unread) - 1} more" if len(unread) > 1 else "", _span_text(wait))
+            await asyncio.sleep(wait)
 
-    async def _pass(self, querier: Querier, spans: Sequence[RecordSpan]) -> None:
+    async def _pass(self, querier: Querier, spans: Sequence[RecordSpan]) -> list[Unread]:
+        """Read every span once; return those the reader gave up."""
         reading: list[Span] = []
         for name, start, end in spans:
             row = self._rows.get(name)
@@ -130,7 +142,7 @@ class Backfill:
                 reading.append((row, start, end))
         self._span_ends = {(name, end) for name, _, end in spans}
         reader = Reader(querier, self._clock, self, concurrency=self._concurrency, now=self._now,
-                        progress=self._progress)
+                        progress=self._progress, unread_level=logging.DEBUG)
         flusher = asyncio.ensure_future(self._flush_often())
         try:
             await reader.run_spans(reading)
@@ -138,6 +150,7 @@ class Backfill:
             flusher.cancel()
             self.flush()
             self._note(reader)
+        return reader.unread
 
     def _note(self, reader: Reader) -> None:
         counted = self._stats.history_backfill_reasked
@@ -145,14 +158,15 @@ class Backfill:
             if count:
                 counted[kind] = counted.get(kind, 0) + count
 
-    def _wait(self) -> float:
-        """Return how long to wait before the next pass: until the newest step is written, or RETRY_WAIT."""
+    def _wait(self, fruitless: int) -> float:
+        """Return how long to wait before the next pass: until the newest step is written, or the retry wait."""
         assert self.record is not None
         now = self._now()
         ripe = [end + self._steps.get(name, DEFAULT_STEP) + 1 - now for name, _, end in self.record.spans()
                 if name != EVENT_OBJECT]
         waits = [wait for wait in ripe if wait > 0]
-        return max(1.0, min([*waits, RETRY_WAIT]))
+        retry = min(RETRY_WAIT * float(2 ** min(max(0, fruitless - 1), 8)), RETRY_WAIT_MAX)
+        return max(1.0, min([*waits, retry]))
 
     # --- the reader's consumer and progress --------------------------------------------------------------------
 

@@ -132,8 +132,9 @@ class Reader:
 
     def __init__(self, querier: Querier, clock: InverterClock, consumer: Consumer, stats: HistoryStats | None = None,
                  concurrency: int = CONCURRENCY, now: Callable[[], float] = time.time,
-                 progress: Progress | None = None) -> None:
-        """`progress` (the daemon's backfill) is told which part of each span is read, as soon as it is."""
+                 progress: Progress | None = None, unread_level: int = logging.WARNING) -> None:
+        """`progress` (the daemon's backfill) is told which part of each span is read, as soon as it is; a span
+        given up is logged at `unread_level` (the backfill sums them up in a line of its own)."""
         self._querier = querier
         self._clock = clock
         self._consumer = consumer
@@ -141,6 +142,7 @@ class Reader:
         self._concurrency = max(1, concurrency)
         self._now = now
         self._progress = progress
+        self._unread_level = unread_level
         self._jobs: list[_Job] = []
         self.unread: list[Unread] = []
 
@@ -223,7 +225,7 @@ class Reader:
             return
         self.stats.unread_spans += 1
         self.unread.append(Unread(job.name, start, end, reason))
-        log.warning("%s: could not read %d s of records (%s)", job.name, end - start, reason)
+        log.log(self._unread_level, "%s: could not read %d s of records (%s)", job.name, end - start, reason)
 
     def _past_fold(self, stamp: int) -> int | None:
         """Return the first stamp before an ambiguous stretch that `stamp` lies in, or None if it lies in none."""
