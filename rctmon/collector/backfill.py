@@ -119,12 +119,13 @@ class Backfill:
         started = time.monotonic()
         fruitless = 0  # passes in a row that filled nothing
         while True:
-            before = self.record.pending_seconds()
+            before = _missing_seconds(self.record)
             unread = await self._pass(querier, self.record.spans())
             if not self.record.missing:
                 log.info("the record is complete again (backfill: %.1f s)", time.monotonic() - started)
                 return
-            fruitless = 0 if self.record.pending_seconds() < before else fruitless + 1
+            # per object, not the union: a pass that filled one series while another failed was not fruitless
+            fruitless = 0 if _missing_seconds(self.record) < before else fruitless + 1
             wait = self._wait(fruitless)
             if unread:
                 first = unread[0]
@@ -212,6 +213,11 @@ class Backfill:
                 self.record.apply(batch)
         else:
             log.debug("a backfill batch of %d lines was refused; its spans are read again", len(batch.lines))
+
+
+def _missing_seconds(record: records.Record) -> int:
+    """Return the missing time summed over every object (it falls with any span filled)."""
+    return sum(end - start for _, start, end in record.spans())
 
 
 def _span_text(seconds: float) -> str:
