@@ -4,6 +4,8 @@ Flow (the supervisor is the hub; children never talk to each other):
 
     collector  --ReadingBatch, Inventory, DeviceStatus------------>  supervisor
     supervisor --ReadingBatch (with seq), Inventory, DeviceStatus->  every child that reads readings
+    collector  --InverterEvents----------------------------------->  supervisor
+    supervisor --InverterEvents (with seq; the recent ones replayed)> every child that reads readings
     collector  --BackfillBatch------------------------------------>  supervisor
     supervisor --BackfillBatch (with seq)------------------------->  every child that keeps the history record
     supervisor --Health------------------------------------------->  every child that reads health
@@ -18,10 +20,13 @@ Which child gets what is declared in its registration (rctmon/registry.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TYPE_CHECKING, Union
 from collections.abc import Mapping
 
 from rctmon.inventory import Inventory
+
+if TYPE_CHECKING:  # unpickling an event imports it where one arrives; a process that sees none never does
+    from rctmon.history.events import Event
 
 Value = Union[float, int, bool, str]
 #: The value of an object with one record per element (a module's cells, catalog.Elements): a tuple per cell.
@@ -144,3 +149,19 @@ class Health:
 
     stats: dict[str, Stats]
     inventory: Inventory | None = None
+
+
+@dataclass(frozen=True)
+class InverterEvents:
+    """Events read from the inverter's event table (rctmon/collector/events.py), decoded as `rctmon history` does.
+
+    `new`: they appeared in the table after the collector's first complete read of it, so they happened while
+    rctmon watched (counted on /metrics, announced on MQTT). Without it they are that first read: the table as it
+    was when the collector started (history, not news: InfluxDB stores them again, Prometheus shows their latest
+    start). `seq` is the supervisor's number (shared with ReadingBatch), what an exporter acknowledges; 0 for the
+    recent events a new incarnation is replayed (never to be announced again).
+    """
+
+    events: tuple[Event, ...]
+    new: bool
+    seq: int = 0

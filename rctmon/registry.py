@@ -94,6 +94,19 @@ COLLECTOR = ChildSpec(
                 "Answers of the inverter's logger the backfill refused and asked again, by kind (" +
                 ", ".join(BAD_ANSWER_KINDS) + ")", "history_backfill_reasked", labels=("kind",),
                 known=BAD_ANSWER_KINDS),
+        # the event table, read every medium interval (rctmon/collector/events.py)
+        _metric("collector", "rctmon_event_table_queries_total", "counter",
+                "Queries to the inverter's event table (each one asked again counts)", "event_table_queries"),
+        _metric("collector", "rctmon_event_table_refused_answers_total", "counter",
+                "Event-table answers refused and asked again, by the check they failed (" +
+                ", ".join(BAD_ANSWER_KINDS) + ")", "event_table_refused", labels=("kind",), known=BAD_ANSWER_KINDS),
+        _metric("collector", "rctmon_event_table_unanswered_total", "counter",
+                "Event-table queries nobody answered (each asked again)", "event_table_unanswered"),
+        _metric("collector", "rctmon_event_table_incomplete_reads_total", "counter",
+                "Reads of the event table given up before they reached what was read before (done again at the next "
+                "interval)", "event_table_incomplete_reads"),
+        _metric("collector", "rctmon_event_table_last_read_timestamp_seconds", "gauge",
+                "When the event table was last read completely", "event_table_last_read"),
     ))
 
 #: The kinds of failed write the influxdb exporter counts (rctmon.exporters.influxwriter.classify), besides

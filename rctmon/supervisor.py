@@ -40,9 +40,10 @@ from rctmon.config import Config, ConfigError
 from rctmon.health_metrics import BACKLOG_FULL, SEND_FAILED, SUPERVISOR
 from rctmon.inventory import Inventory
 from rctmon.logsetup import setup_logging
-from rctmon.messages import (Ack, BackfillBatch, DeviceStatus, Health, Heartbeat, Reading, ReadingBatch, Started,
-                             Stats, Stop)
+from rctmon.messages import (Ack, BackfillBatch, DeviceStatus, Health, Heartbeat, InverterEvents, Reading,
+                             ReadingBatch, Started, Stats, Stop)
 from rctmon.proc import Every, become_child, resource_usage, set_title
+from rctmon.recent_events import RecentEvents
 from rctmon.registry import CHILDREN, ChildSpec
 from rctmon.systemd import Notifier
 
@@ -66,14 +67,18 @@ BACKLOG_MAX_READINGS = 1_000_000  # per acknowledging child; beyond it the oldes
 MESSAGE_KINDS: dict[type, str] = {Inventory: "inventory", DeviceStatus: "device_status", Health: "health",
                                   Stop: "stop"}
 _FORK = multiprocessing.get_context("fork")
-#: What an acknowledging child's backlog holds: readings, and (for the child that keeps the history record) what the
-#: backfill read; both numbered from one sequence, so one Ack covers both.
-Numbered = Union[ReadingBatch, BackfillBatch]
+#: What an acknowledging child's backlog holds: readings, the inverter's events, and (for the child that keeps the
+#: history record) what the backfill read; all numbered from one sequence, so one Ack covers them.
+Numbered = Union[ReadingBatch, InverterEvents, BackfillBatch]
+#: What the supervisor numbers and routes to every reader of readings.
+Routed = Union[ReadingBatch, InverterEvents]
 
 
 def _size(batch: Numbered) -> int:
-    """Return the readings (or history lines) a backlog entry counts for."""
-    return len(batch.readings) if isinstance(batch, ReadingBatch) else len(batch.lines)
+    """Return the readings (or events, or history lines) a backlog entry counts for."""
+    if isinstance(batch, ReadingBatch):
+        return len(batch.readings)
+    return len(batch.events) if isinstance(batch, InverterEvents) else len(batch.lines)
 
 
 @dataclass(eq=False)
@@ -141,6 +146,7 @@ class Supervisor:
         self.device: DeviceStatus = DeviceStatus(up=False, reason="starting")
         self.seq = 0
         self.latest: dict[int, Reading] = {}  # object id -> latest reading, for new incarnations that replay it
+        self.recent_events = RecentEvents()  # replayed with the latest readings
         # Counted here rather than taken from the collector's heartbeat: current at once, and a collector restart
         # does not reset the counter.
         self.readings_routed = 0
@@ -243,6 +249,10 @@ class Supervisor:
                 latest = ReadingBatch(tuple(self.latest.values()), seq=0)
                 if not ours.send(latest):
                     child.dropped[SEND_FAILED] += len(latest.readings)
+            if spec.replay_latest:
+                for events in self.recent_events.replay():
+                    if not ours.send(events):
+                        child.dropped[SEND_FAILED] += len(events.events)
             self._send_backlog(child)
         if spec.health:
             # Last, so that the child has everything above before it sees its first Health: the endpoint answers
@@ -475,16 +485,27 @@ class Supervisor:
             self.last_reading_ns = batch.readings[-1][2]
             self._health_dirty = True
         self.latest.update((reading[0], reading) for reading in batch.readings)
+        self._route(batch)
+
+    def _on_events(self, child: Child, events: InverterEvents) -> None:
+        """Number the collector's events like a batch, remember them for replay, and route them like readings."""
+        self.seq += 1
+        numbered = InverterEvents(events.events, events.new, self.seq)
+        self.recent_events.add(numbered)
+        self._route(numbered)
+
+    def _route(self, message: Routed) -> None:
+        """Hand a numbered message to every reader: into the backlog of those that acknowledge, else directly."""
         for reader in self._readers():
             if reader.spec.acknowledges:
-                reader.backlog.append(batch)
-                reader.backlog_readings += len(batch.readings)
+                reader.backlog.append(message)
+                reader.backlog_readings += _size(message)
                 self._trim_backlog(reader)
                 self._send_backlog(reader)
             elif reader.incarnation is not None:
                 channel = reader.incarnation.channel
-                if not channel.send(batch) and not channel.closed:
-                    reader.dropped[SEND_FAILED] += len(batch.readings)  # a closed one: its successor gets the latest
+                if not channel.send(message) and not channel.closed:
+                    reader.dropped[SEND_FAILED] += _size(message)  # a closed one: its successor gets the latest
 
     def _on_backfill(self, child: Child, batch: BackfillBatch) -> None:
         """Number what the backfill read and keep it for the children that keep the history record, until acked."""
@@ -558,6 +579,7 @@ class Supervisor:
     _handlers: dict[type, Callable[[Supervisor, Child, Any], None]] = {
         ReadingBatch: _on_batch,
         BackfillBatch: _on_backfill,
+        InverterEvents: _on_events,
         Ack: _on_ack,
         Inventory: _on_inventory,
         DeviceStatus: _on_device_status,

@@ -31,13 +31,15 @@ from rctmon.child import run_child
 import rctmon.collector as collector_package
 from rctmon.collector.connection import InverterConnection, ReadOnlyLink, open_connection
 from rctmon.collector.discovery import INVENTORY_IDS, NAME_ID
+from rctmon.collector.events import EventWatch
 from rctmon.collector.framer import INVALID, RESPONSE_TYPES
 from rctmon.collector.process import Collector
 from rctmon.collector.scheduler import (MAX_ATTEMPTS, MIN_REQUEST_TIMEOUT, SILENT_TIMEOUTS, Poller, TierClock,
                                       Window)
 from rctmon.config import Config, Intervals
 from rctmon.inventory import Inventory
-from rctmon.messages import (RESPONSE_BUCKETS, CollectorStats, DeviceStatus, Heartbeat, ReadingBatch, Started, Stop)
+from rctmon.messages import (RESPONSE_BUCKETS, CollectorStats, DeviceStatus, Heartbeat, InverterEvents, ReadingBatch,
+                             Started, Stop)
 from rctmon.registry import CHILD_BY_NAME
 from rctmon.simulator import SimulatorOptions, SimulatorThread
 
@@ -84,6 +86,9 @@ class RecordingSink:
 
     def readings(self, readings: tuple[Any, ...]) -> None:
         self.events.append(("readings", readings))
+
+    def inverter_events(self, events: InverterEvents) -> None:
+        self.events.append(("inverter_events", events))
 
     def of(self, kind: str) -> list[Any]:
         return [payload for k, payload in self.events if k == kind]
@@ -788,7 +793,9 @@ def test_process_reports_over_the_channel_and_stops_promptly(simulator: Callable
     assert DeviceStatus(True, f"connected to 127.0.0.1:{sim.port}") in messages
     assert sim.options.inventory() in messages
     beat = next(m for m in messages if isinstance(m, Heartbeat) and m.stats.get("readings"))
-    assert beat.process == "collector" and beat.rss_bytes > 0 and set(beat.stats) == set(vars(CollectorStats()))
+    event_stats = EventWatch(Config(), lambda events: None).stats()
+    assert beat.process == "collector" and beat.rss_bytes > 0
+    assert set(beat.stats) == set(vars(CollectorStats())) | set(event_stats)
     batches = [m for m in messages if isinstance(m, ReadingBatch)]
     assert sum(len(b.readings) for b in batches) > 5 * len(batches)
 

@@ -15,7 +15,11 @@ import pytest
 
 import support
 from rctmon import catalog
+from rctmon.exporters import prometheus_events
 from rctmon.exporters.prometheus import FAMILIES, unit_of
+from rctmon.history.events import Event
+from rctmon.history.protocol import RawEvent
+from rctmon.messages import InverterEvents
 from rctmon.health_metrics import DROP_REASONS
 from rctmon.registry import HEALTH_METRICS
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -63,6 +67,7 @@ def doc_rows() -> dict[str, DocRow]:
 def expected_type(name: str) -> str:
     """Return the type the documentation should give: the catalog's kind or the health table's type."""
     health = {m.name: m.type for m in HEALTH_METRICS}
+    health.update((family, kind) for family, kind, *_ in prometheus_events.FAMILIES)
     if name in health:
         return health[name]
     return catalog.metric_families()[name][0].kind.value
@@ -70,6 +75,7 @@ def expected_type(name: str) -> str:
 
 def expected_tier(name: str) -> str:
     tiers = {f.name: ", ".join(t.value for t in f.tiers) for f in FAMILIES}
+    tiers.update((family, tier) for family, _, _, _, tier in prometheus_events.FAMILIES)
     return tiers.get(name, NONE)
 
 
@@ -81,8 +87,10 @@ def families(text: str) -> dict[str, object]:
 @pytest.fixture
 def full_scrape(start_exporter) -> dict[str, object]:
     exporter = start_exporter(make_config(exposition=True, influxdb=True, mqtt=True))
-    exporter.send(full_health(), INVENTORY, full_batch())
-    every = set(catalog.metric_families()) | {m.name for m in HEALTH_METRICS}
+    event = Event(RawEvent(ord("Z"), 1_700_000_000, 1_700_000_000, 0, 0, 0), "NO_GRID", 1_700_000_000, None)
+    exporter.send(full_health(), INVENTORY, full_batch(), InverterEvents((event,), new=True, seq=2))
+    every = (set(catalog.metric_families()) | {m.name for m in HEALTH_METRICS}
+             | {name for name, *_ in prometheus_events.FAMILIES})
     return support.wait_for(
         lambda: (found := families(exporter.metrics(OPENMETRICS))) and set(found) >= every and found, 10,
         message="every family in the exposition")

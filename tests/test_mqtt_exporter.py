@@ -182,8 +182,13 @@ def test_discovery_availability_values_and_clean_stop(broker, children, recorder
     wait_for(lambda: len(recorder.topics(lambda t: t.startswith("homeassistant/sensor/"))) == enabled, 10,
              message="one discovery config per value of every enabled series")
     configs = {t: json.loads(recorder.last(t) or "") for t in recorder.topics(lambda t: t.startswith("homeassistant/"))}
+    # besides the sensors: the event entity and the fault sensor (tests/test_events_faults_mqtt.py looks at them)
+    extra = {f"homeassistant/event/{NODE}/inverter_event/config",
+             f"homeassistant/binary_sensor/{NODE}/inverter_faults/config"}
+    assert extra <= set(configs)
     for topic, config in configs.items():
-        assert topic.startswith(f"homeassistant/sensor/{NODE}/") and topic.endswith("/config"), topic
+        assert topic.startswith(f"homeassistant/sensor/{NODE}/") or topic in extra, topic
+        assert topic.endswith("/config"), topic
         assert config["state_topic"].startswith(PREFIX + "/")
         assert config["unique_id"].startswith(NODE + "_")
         assert config["device"]["identifiers"] and config["device"]["manufacturer"] == "RCT Power"

@@ -20,13 +20,15 @@ from rctmon.collector.backfill import Backfill
 from rctmon.collector.connection import (QUERYABLE, RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX, InverterConnection,
                                          LinkDown, Silence, describe, open_connection, reconnect_policy)
 from rctmon.collector.discovery import INVENTORY_IDS, discover
+from rctmon.collector.events import EventWatch
 from rctmon.collector.framer import INVALID, Decoder, Frame
 from rctmon.collector.scheduler import Poller, TierClock, Window, ids_by_tier
 from rctmon.config import Config
 from rctmon.exporters.spool import spool_path
 from rctmon.inventory import Inventory
 from rctmon.health_metrics import CHANNEL_FULL
-from rctmon.messages import BackfillBatch, CollectorStats, DeviceStatus, Reading, ReadingBatch, Stats
+from rctmon.messages import (BackfillBatch, CollectorStats, DeviceStatus, InverterEvents, Reading, ReadingBatch,
+                             Stats)
 from rctmon.statedir import record_path
 
 log = logging.getLogger("rctmon.collector")
@@ -45,6 +47,8 @@ class Sink(Protocol):
     def inventory(self, inventory: Inventory) -> None: ...
 
     def readings(self, readings: tuple[Reading, ...]) -> None: ...
+
+    def inverter_events(self, events: InverterEvents) -> None: ...
 
 
 class Collector:
@@ -67,6 +71,7 @@ class Collector:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._up: bool | None = None
         self._answered = False
+        self.events = EventWatch(config, self._hand_on_events)
 
     @property
     def address(self) -> str:
@@ -93,7 +98,8 @@ class Collector:
         ready = asyncio.Event()
         tasks = [asyncio.ensure_future(self._inventory_loop(poller, ready)),
                  asyncio.ensure_future(self._poll_loop(poller, ready)),
-                 asyncio.ensure_future(self._watchdog(poller))]
+                 asyncio.ensure_future(self._watchdog(poller)),
+                 asyncio.ensure_future(self.events.watch(poller, ready, lambda: self.inventory))]
         if self.backfill is not None:
             self.backfill.connected(self.stats.last_reading_ns)  # the hole, declared before this connection's readings
             tasks.append(asyncio.ensure_future(self._backfill_loop(self.backfill, poller, ready)))
@@ -139,7 +145,7 @@ class Collector:
         for object_id, payload in frames:
             if object_id not in TRACKED_IDS:
                 if object_id in QUERYABLE:
-                    poller.resolve_query(object_id, payload, now)  # the backfill's (or another client's: ignored)
+                    poller.resolve_query(object_id, payload, now)  # the backfill's or the event watch's
                 continue
             value = decode(object_id, payload)
             if value is not INVALID and object_id in OBJECTS:
@@ -151,6 +157,10 @@ class Collector:
             self.stats.last_reading_ns = arrived_ns
         if self._pending and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+
+    def _hand_on_events(self, events: InverterEvents) -> None:
+        self.flush()  # readings taken before the events go first
+        self._sink.inverter_events(events)
 
     def flush(self) -> None:
         """Send the readings collected so far as one batch."""
@@ -258,6 +268,9 @@ class ChannelSink:
         """Send what the backfill read; False when the channel refused it (the backfill reads it again later)."""
         return self._context.send(batch)
 
+    def inverter_events(self, events: InverterEvents) -> None:
+        self._send(events, len(events.events))  # an event the channel refused counts as a reading dropped
+
 
 class CollectorJob(Job):
     """The collector child: the collector runs as the job's background work until Stop."""
@@ -276,7 +289,7 @@ class CollectorJob(Job):
         return (self.collector.run(),)
 
     def stats(self) -> Stats:
-        return dataclasses.asdict(self.counters)
+        return {**dataclasses.asdict(self.counters), **self.collector.events.stats()}
 
     async def stop(self) -> None:
         self.collector.flush()  # readings of a burst cut short still reach the supervisor

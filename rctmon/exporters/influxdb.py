@@ -16,6 +16,10 @@ readings and become points as soon as an Inventory names the inverter.
 With `history.backfill`, this child also keeps the history record (rctmon/history/record.py): BackfillBatches (the
 collector's backfill from the inverter's logger) arrive in the same numbered stream; their lines are committed to
 the spool, then what they fill is marked in the record and the record saved, then the batch is acknowledged.
+
+The inverter's events (InverterEvents, numbered and acknowledged like batches) become `inverter_event` points
+exactly as `rctmon history` writes them (rctmon.history.outputs.LineFormat): the collector's first read after every
+start repeats the table's recent past, which InfluxDB stores once (same series and timestamps).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 from collections.abc import Awaitable, Sequence
 
 from rctmon.child import ChildContext, ChildFailed, Job
@@ -33,15 +37,26 @@ from rctmon.exporters.lineprotocol import EXPORTED_IDS, LineEncoder, inverter_ta
 from rctmon.exporters.spool import Spool, SpoolLocked, spool_path
 from rctmon.history.record import Keeper
 from rctmon.inventory import Inventory
-from rctmon.messages import Ack, BackfillBatch, ReadingBatch, Stats
+from rctmon.messages import Ack, BackfillBatch, InverterEvents, ReadingBatch, Stats
 from rctmon.statedir import record_path
+
+if TYPE_CHECKING:
+    from rctmon.history.events import Event
+    from rctmon.history.outputs import LineFormat
 
 log = logging.getLogger("rctmon.influxdb")
 
 FINAL_FLUSH = 1.0  # seconds a healthy writer gets on Stop to send what the last flush interval collected
 STOP_JOIN = 0.5  # seconds to wait for the drain thread after that (a write in flight is abandoned)
 MAX_READINGS_PER_COMMIT = 20000  # a long replay is committed (and acknowledged) in slices
-Numbered = Union[ReadingBatch, BackfillBatch]
+Numbered = Union[ReadingBatch, InverterEvents, BackfillBatch]
+
+
+def _size(batch: Numbered) -> int:
+    """Return what a pending batch counts for in a slice: its readings, events or history lines."""
+    if isinstance(batch, ReadingBatch):
+        return len(batch.readings)
+    return len(batch.events) if isinstance(batch, InverterEvents) else len(batch.lines)
 
 
 class Receiver:
@@ -65,8 +80,9 @@ class Receiver:
         self.acked = 0  # highest seq made durable
         self.unstored = False  # the last commit could not store what is pending
         self.forgot_after: int | None = None  # batches after this seq were let go while the spool could not store
+        self._events_format: LineFormat | None = None
         self._pending: list[Numbered] = []
-        self._pending_readings = 0
+        self._pending_readings = 0  # readings, events and history lines
 
     def add(self, batch: Numbered) -> None:
         """Queue a batch for the next commit; commit early when a slice is full."""
@@ -76,7 +92,7 @@ class Receiver:
             self.forgot_after = self._pending[-1].seq
             return
         self._pending.append(batch)
-        self._pending_readings += len(batch.readings) if isinstance(batch, ReadingBatch) else len(batch.lines)
+        self._pending_readings += _size(batch)
         if self._pending_readings >= MAX_READINGS_PER_COMMIT:
             self.commit()
 
@@ -91,11 +107,12 @@ class Receiver:
         readings = [r for batch in self._pending if isinstance(batch, ReadingBatch) for r in batch.readings]
         # the backfill's lines are ready; with live points they are stored in one transaction
         history = [line for batch in self._pending if isinstance(batch, BackfillBatch) for line in batch.lines]
+        events = [e for batch in self._pending if isinstance(batch, InverterEvents) for e in batch.events]
         dropped: int | None
         if self.encoder is not None:
             # Encoded again on every attempt: batches pending when the inverter's name changes get the new one.
             invalid_before = self.encoder.invalid
-            lines = self.encoder.encode_all(readings)
+            lines = self.encoder.encode_all(readings) + self._event_lines(events)
             dropped = self.spool.try_append(lines + history)
             if dropped is None:
                 self.encoder.invalid = invalid_before  # counted once they are stored
@@ -110,6 +127,9 @@ class Receiver:
                 dropped = None if more is None else dropped + more
                 if more is not None:
                     self._spooled()
+            if dropped is not None and events:  # the collector sends none before the name; never silent
+                log.warning("%d inverter events arrived before the inverter's name; dropped", len(events))
+                dropped += len(events)
         self.unstored = dropped is None
         if dropped is None:
             return self.acked
@@ -121,12 +141,22 @@ class Receiver:
         self._pending_readings = 0
         return self.acked
 
+    def _event_lines(self, events: list[Event]) -> list[bytes]:
+        """Return the events' `inverter_event` points, as `rctmon history` writes them."""
+        if not events or self.encoder is None:
+            return []
+        from rctmon.history.outputs import LineFormat  # here: only a child that gets events needs it
+
+        if self._events_format is None or self._events_format.inverter != self.encoder.inverter:
+            self._events_format = LineFormat(self.encoder.inverter)
+        return [self._events_format.event(event) for event in events]
+
     def _mark_record(self, keeper: Keeper) -> None:
         """Mark in the history record what the batches just stored fill, in the order they came; save it."""
         for batch in self._pending:
             if isinstance(batch, BackfillBatch):
                 keeper.apply(batch)
-            elif batch.readings:
+            elif isinstance(batch, ReadingBatch) and batch.readings:  # events tell nothing of the record's progress
                 keeper.live(max(r[2] for r in batch.readings) // 1_000_000_000)
         keeper.save(time.monotonic())
 
@@ -197,7 +227,7 @@ class InfluxExporter(Job):
 
     def receive(self, messages: Sequence[object]) -> None:
         for message in messages:
-            if isinstance(message, (ReadingBatch, BackfillBatch)):
+            if isinstance(message, (ReadingBatch, InverterEvents, BackfillBatch)):
                 if not self.awaiting_resend:  # else it was sent before the resend began, and comes again
                     self.receiver.add(message)
             elif isinstance(message, Ack):

@@ -5,6 +5,8 @@ Topics (docs/mqtt.md has the whole scheme):
     rctmon/<inverter name>/availability            online / offline (retained; offline is also the last will)
     rctmon/<inverter name>/generator/a/power       1234.5   (W)
     rctmon/<inverter name>/grid/feed_energy_total  2769.942 (kWh)
+    rctmon/<inverter name>/event                   {"event_type": "NO_GRID", ...}  (not retained; mqtt_events)
+    rctmon/<inverter name>/faults                  {"problem": "OFF", "faults": [], ...}
 
 The process keeps the latest value of every series in a cache bounded by the catalog and publishes from there: a
 value goes out when it changed or when its tier interval has passed, and everything goes out again after a
@@ -32,8 +34,9 @@ from rctmon.catalog import OBJECTS, Labels, Series, Tier
 from rctmon.child import ChildContext, Job
 from rctmon.config import MqttConfig
 from rctmon.exporters import homeassistant as ha
+from rctmon.exporters import mqtt_events
 from rctmon.inventory import Inventory
-from rctmon.messages import Ack, DeviceStatus, ReadingBatch, Stats
+from rctmon.messages import Ack, DeviceStatus, InverterEvents, ReadingBatch, Stats
 
 LOG = logging.getLogger("rctmon.mqtt")
 
@@ -261,6 +264,7 @@ class MqttExporter(Job):
         self.cfg = config.mqtt
         self.intervals = {tier: float(getattr(config.device.intervals, tier.value)) for tier in Tier}
         self.values = LatestValues(self.intervals)
+        self.events = mqtt_events.EventsAndFaults(REFRESH_FRACTION * self.intervals[Tier.MEDIUM])
         self.inventory: Inventory | None = None
         self.device_up: bool | None = None  # None: not told yet; presumed reachable
         self.prefix: str | None = self.cfg.topic_prefix.strip("/") or None
@@ -278,6 +282,7 @@ class MqttExporter(Job):
             ReadingBatch: self._on_batch,  # type: ignore[dict-item]
             Inventory: self._on_inventory,  # type: ignore[dict-item]
             DeviceStatus: self._on_device_status,  # type: ignore[dict-item]
+            InverterEvents: self.events.add_events,  # type: ignore[dict-item]
         }
         self._event_handlers: Mapping[str, Callable[[str], None]] = {
             "connected": self._on_connected,
@@ -299,8 +304,8 @@ class MqttExporter(Job):
             handler = self._handlers.get(type(message))
             if handler is not None:
                 handler(message)
-            if isinstance(message, ReadingBatch):
-                acked = message.seq
+            if isinstance(message, (ReadingBatch, InverterEvents)):
+                acked = max(acked, message.seq)
         if acked:
             self.context.send(Ack(acked))  # in the cache is handled: MQTT only ever carries the latest value
         self._publish_due()
@@ -320,7 +325,7 @@ class MqttExporter(Job):
     def stats(self) -> Stats:
         published = self._published_by_closed_links + (self.link.published if self.link else 0)
         return {"connected": int(self.connected), "messages_published": published,
-                "publish_errors": self.publish_errors}
+                "publish_errors": self.publish_errors + self.events.dropped}
 
     async def check(self) -> bool:
         if self.link is not None and not self.link.running:
@@ -342,6 +347,7 @@ class MqttExporter(Job):
                     if ha.is_detail(series) and self._details.get(series.object_name) != text:
                         self._details[series.object_name] = text
                         details_changed = True
+        self.events.add_readings(batch.readings)
         if details_changed:
             self._refresh_discovery()
 
@@ -366,6 +372,7 @@ class MqttExporter(Job):
             self.link.subscribe(f"{self.cfg.discovery_prefix}/{ha.STATUS_TOPIC}")
         self._sync_discovery(force=True)  # the broker may have restarted without its retained messages
         self.values.all_due()
+        self.events.all_due()
 
     def _on_disconnected(self, detail: str) -> None:
         self.connected = False
@@ -409,6 +416,19 @@ class MqttExporter(Job):
             if not self._publish(topic, entry.text, self.cfg.retain):
                 return  # connection lost meanwhile: everything goes out again after the reconnect
             self.values.sent(entry, now)
+        self._publish_events_and_faults(now)
+
+    def _publish_events_and_faults(self, now: float) -> None:
+        """Announce the events waiting (never retained: see mqtt_events) and the fault state when it is due."""
+        sent = 0
+        for payload in self.events.events_due():
+            if not self._publish(f"{self.prefix}/{mqtt_events.EVENT_TOPIC}", payload, retain=False):
+                break
+            sent += 1
+        self.events.events_sent(sent)
+        faults = self.events.faults_due(now)
+        if faults is not None and self._publish(f"{self.prefix}/{mqtt_events.FAULTS_TOPIC}", faults, self.cfg.retain):
+            self.events.faults_sent(faults, now)
 
     def _sync_availability(self) -> None:
         wanted = ha.OFFLINE if self.device_up is False else ha.ONLINE
@@ -424,6 +444,9 @@ class MqttExporter(Job):
         self._discovery_wanted = ha.discovery_configs(
             self.inventory, self.cfg.discovery_prefix, lambda s, labels: f"{prefix}/{value_path(s, labels)}",
             self._availability_topic(), self.intervals, self._details)
+        self._discovery_wanted.update(mqtt_events.discovery_configs(
+            self.inventory, self.cfg.discovery_prefix, prefix, self._availability_topic(),
+            self.intervals[Tier.MEDIUM], self._details))
         self._sync_discovery(force=False)
 
     def _sync_discovery(self, force: bool) -> None:

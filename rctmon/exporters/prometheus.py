@@ -34,10 +34,11 @@ from rctmon.catalog import Kind, Sample, Series, Tier
 from rctmon.child import ChildContext, Job
 from rctmon.config import Config, Intervals
 from rctmon.exporters import http
+from rctmon.exporters import prometheus_events
 from rctmon.exporters.httpserver import EndpointStats
 from rctmon.health_metrics import SUPERVISOR, HealthMetric
 from rctmon.inventory import Inventory
-from rctmon.messages import DeviceStatus, Health, ReadingBatch, Stats, StatValue, Value
+from rctmon.messages import DeviceStatus, Health, InverterEvents, ReadingBatch, Stats, StatValue, Value
 from rctmon.proc import resource_usage
 from rctmon.registry import HEALTH_METRICS
 
@@ -84,6 +85,7 @@ class Snapshot:
     health: Health | None
     inventory: Inventory | None
     device_up: bool
+    events: prometheus_events.EventCounts | None = None
 
 
 @dataclass
@@ -94,6 +96,7 @@ class State:
     health: Health | None = None
     inventory: Inventory | None = None
     device_up: bool = False
+    events: prometheus_events.EventTally = field(default_factory=prometheus_events.EventTally)
     generation: int = 0  # bumped on every change, so the exposition cache knows when to render again
     #: Monotonic time of the last complete rendering, which only a request to /metrics asks for: evidence that the
     #: endpoint accepted, read and answered a scrape.
@@ -132,12 +135,17 @@ class State:
             self.device_up = status.up
             self.generation += 1
 
+    def add_events(self, message: InverterEvents) -> None:
+        self.events.add(message)
+        with self.lock:
+            self.generation += 1
+
     def current_generation(self) -> int:
         return self.generation
 
     def snapshot(self) -> Snapshot:
         with self.lock:
-            return Snapshot(dict(self.values), self.health, self.inventory, self.device_up)
+            return Snapshot(dict(self.values), self.health, self.inventory, self.device_up, self.events.snapshot())
 
 
 # --- health metrics -------------------------------------------------------------------------------------------------
@@ -375,6 +383,7 @@ class RctmonCollector:
         self._own_stats = own_stats
         self._helps = {family.name: family_help(family, config.device.intervals) for family in FAMILIES}
         self._memo: Memo = {}  # used by one rendering at a time (ExpositionCache renders under a lock)
+        self._events = prometheus_events.EventFamilies(config.device.intervals.medium)
 
     def collect(self) -> Iterator[Metric]:
         snap = self._state.snapshot()
@@ -384,6 +393,8 @@ class RctmonCollector:
         if self._config.prometheus.exposition and inverter:
             freshness = Freshness(self._config.device.intervals)
             yield from inverter_families(snap.values, inverter, self._helps, freshness, self._memo)
+            if snap.events is not None:
+                yield from prometheus_events.families(self._events, snap.events, snap.values, freshness, inverter)
         self._state.rendered_at = time.monotonic()
 
 
@@ -467,6 +478,7 @@ class PrometheusExporter(Job):
             Health: self._on_health,  # type: ignore[dict-item]
             Inventory: self.state.set_inventory,  # type: ignore[dict-item]
             DeviceStatus: self.state.set_device_status,  # type: ignore[dict-item]
+            InverterEvents: self.state.add_events,  # type: ignore[dict-item]
         }
         self.endpoint: http.Endpoint | None = None
         self.serving: asyncio.Future[None] | None = None

@@ -7,6 +7,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 
+from rctmon.faults import words_for
 from rctmon.inventory import GENERATOR_NAMES, Inventory
 
 SOFTWARE_VERSION = "rctmon-sim-1.0"  # svnversion
@@ -41,6 +42,8 @@ class SimulatorOptions:
     event_every: float = 0.0  # seconds between new events while it runs (0: none)
     logger_step: int = 300  # seconds between 5-minute entries (shorter only to see a logger move in a test)
     timezone: str = ""  # IANA zone of the inverter's clock; empty: the host's
+    #: Faults the inverter reports (rctmon.faults names, or bit_<n>): bits set in fault[0..3].flt
+    inverter_faults: tuple[str, ...] = ()
 
     def problems(self) -> list[str]:
         """Return what is wrong with these options, one message per problem (empty: all fine)."""
@@ -55,6 +58,10 @@ class SimulatorOptions:
         if not 0 <= self.port <= 65535:
             problems.append(f"--port must be 0 to 65535, got {self.port}")
         problems += records_problems(self)
+        try:
+            words_for(self.inverter_faults)
+        except ValueError as exc:
+            problems.append(f"--inverter-fault: {exc}")
         return problems
 
     def inventory(self) -> Inventory:
@@ -73,7 +80,8 @@ def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
         external_generator=args.external_generator, latency_ms=args.latency_ms,
         drop_rate=args.drop_rate, corrupt_rate=args.corrupt_rate, noise_rate=args.noise_rate,
         disconnect_every=args.disconnect_every, seed=args.seed, history_days=args.history_days, events=args.events,
-        event_every=args.event_every, logger_step=args.logger_step, timezone=args.timezone)
+        event_every=args.event_every, logger_step=args.logger_step, timezone=args.timezone,
+        inverter_faults=tuple(args.inverter_fault))
     problems = options.problems()
     if problems:
         print("rctmon simulator: " + "; ".join(problems), file=sys.stderr)
@@ -100,6 +108,9 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disconnect-every", type=float, default=0.0, metavar="S",
                         help="close every client connection after S seconds (0: never)")
     parser.add_argument("--seed", type=int, default=None, help="seed the random faults (reproducible runs)")
+    parser.add_argument("--inverter-fault", action="append", default=[], metavar="NAME",
+                        help="a fault the inverter reports in fault[0..3].flt (a name of rctmon.faults, e.g. "
+                             "grid_undervoltage_l1, or bit_<0..127>); may be given several times")
     add_records_arguments(parser)
 
 

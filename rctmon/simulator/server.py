@@ -43,6 +43,7 @@ from rctclient.registry import REGISTRY
 from rctclient.types import Command, DataType
 
 from rctmon.catalog import enabled_series
+from rctmon.faults import words_for
 from rctmon.simulator.logger import Records
 from rctmon.simulator.plant import Plant
 from rctmon.simulator.options import SimulatorOptions
@@ -207,7 +208,7 @@ class Simulator:
         self._rng = random.Random(options.seed)
         self._plant = Plant(options.generators, options.battery_modules, options.power_switch,
                             external_generator=options.external_generator)
-        self._answers = Answers(Inverter(options.name, self._plant))
+        self._answers = Answers(Inverter(options.name, self._plant, words_for(options.inverter_faults)))
         self._latency = options.latency_ms / 1000.0
         self._mirror = options.noise_rate > 0
         self._stats = SimulatorStats()
@@ -261,6 +262,11 @@ class Simulator:
     @property
     def online(self) -> bool:
         return self._server is not None
+
+    def set_inverter_faults(self, names: tuple[str, ...]) -> None:
+        """Report these faults (rctmon.faults names) from now on, none for an empty tuple; raise ValueError for an
+        unknown name. Safe from any thread: the words are one tuple, replaced at once."""
+        self._answers.inverter.fault_words = words_for(names)
 
     async def set_online(self, online: bool) -> None:
         """Go offline (close every client, refuse connections) or online again on the same port."""
@@ -497,6 +503,9 @@ class SimulatorThread:
 
     def sent_values(self, object_id: int | str) -> list[Any]:
         return self.simulator.sent_values(object_id)
+
+    def set_inverter_faults(self, names: tuple[str, ...]) -> None:
+        self.simulator.set_inverter_faults(names)
 
     def corrupted_values(self, object_id: int | str) -> list[Any]:
         return self.simulator.corrupted_values(object_id)

@@ -53,10 +53,11 @@ class Part(enum.Enum):
 class Inverter:
     """The simulated inverter: identity from the options, state from the plant."""
 
-    def __init__(self, name: str, plant: Plant) -> None:
+    def __init__(self, name: str, plant: Plant, fault_words: tuple[int, ...] = (0, 0, 0, 0)) -> None:
         self.name = name
         self.plant = plant
         self.serial = serial_for(name)
+        self.fault_words = fault_words  # fault[0..3].flt; a test may switch faults on and off while it runs
 
     def present(self, part: Part, index: int) -> bool:
         """Return whether that part (with that index) is attached."""
@@ -181,7 +182,7 @@ RULES: tuple[Rule, ...] = (
     Rule(r"parameter_file", A, _const(PARAMETER_FILE)),
     Rule(r"prim_sm\.state", A, lambda inv, i: 13 if inv.plant.ac_power > 1.0 else 2),  # 13: feed in, 2: standby
     Rule(r"prim_sm\.island_flag", A, _const(0)),
-    Rule(r"fault\[(\d+)\]\.flt", A, _const(0)),
+    Rule(r"fault\[(\d+)\]\.flt", A, lambda inv, i: inv.fault_words[i]),
     Rule(r"g_sync\.p_ac_sum_lp", A, _attr("ac_power")),
     Rule(r"buf_v_control\.power_reduction_max_solar_grid", A, _const(4950.0)),
     Rule(r"db\.temp1", A, _attr("heatsink_temperature")),
