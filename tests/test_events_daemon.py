@@ -1,0 +1,222 @@
+"""Inverter events and faults end to end: `rctmon daemon` against the simulator, victoria-metrics and mosquitto.
+
+The simulator runs in this process (SimulatorThread) so that the test knows the truth: its event table
+(`records.events`) raises a new event every EVENT_EVERY seconds, and its fault words can be switched while it runs.
+The daemon reads the table every medium interval (1 s here); what its first read finds is the table's past (stored
+in InfluxDB, not counted, not announced), every event after that is counted once, written once and announced once.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+from collections.abc import Iterator
+
+import pytest
+
+from mosquitto import Mosquitto, Recorder
+from support import free_port, rctmon_command, stop_process, wait_for
+from vmserver import VictoriaMetrics
+
+from rctmon.exporters.homeassistant import node_id
+from rctmon.exporters.mqtt import topic_level
+from rctmon.history.events import EVENT_TYPES, type_name
+from rctmon.simulator import SimulatorOptions, SimulatorThread
+from rctmon.simulator.events import SimEvent
+
+NAME = "Shed PS 6.0"
+PREFIX = f"rctmon/{topic_level(NAME)}"
+EVENT_EVERY = 3.0  # seconds between the simulator's new events
+BASE_EVENTS = 6  # events in the table when the simulator starts
+
+
+class Daemon:
+    """The daemon (a subprocess) reading the in-process simulator, with all three outputs on."""
+
+    def __init__(self, tmp_path: Path, sim_port: int, broker_port: int, influx_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.metrics_port = free_port()
+        config = tmp_path / "rctmon.yml"
+        config.write_text(f"""\
+device:
+  host: 127.0.0.1
+  port: {sim_port}
+  intervals: {{fast: 1, medium: 1, slow: 3, static: 60}}
+prometheus:
+  bind_address: 127.0.0.1
+  bind_port: {self.metrics_port}
+  exposition: true
+influxdb:
+  enable: true
+  url: {influx_url}
+  token: "rctmon:secret"
+  bucket: rct
+  flush_interval: 0.5
+  spool_path: {tmp_path / "spool" / "influxdb-spool.sqlite"}
+mqtt:
+  enable: true
+  host: 127.0.0.1
+  port: {broker_port}
+  client_id: rctmon-events-test-{os.getpid()}
+""", encoding="utf-8")
+        config.chmod(0o600)
+        self.log_path = tmp_path / "daemon.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(rctmon_command("-c", str(config), "daemon"), stdout=log,
+                                         stderr=subprocess.STDOUT)
+
+    def metrics(self) -> dict[str, float]:
+        """Return the daemon's samples as {'name{labels}': value}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
+    def events_total(self) -> dict[str, float]:
+        """Return rctmon_inverter_events_total by type."""
+        head = f'rctmon_inverter_events_total{{inverter="{NAME}",type="'
+        return {key[len(head):-2]: value for key, value in self.metrics().items() if key.startswith(head)}
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(str(tmp_path)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def influx() -> Iterator[VictoriaMetrics]:
+    server = VictoriaMetrics()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorThread]:
+    options = SimulatorOptions(name=NAME, battery_modules=1, events=BASE_EVENTS, event_every=EVENT_EVERY, seed=7,
+                               inverter_faults=("grid_undervoltage_l1", "battery_empty"))
+    with SimulatorThread(options) as sim:
+        yield sim
+
+
+@pytest.fixture
+def recorder(broker: Mosquitto) -> Iterator[Recorder]:
+    subscriber = Recorder(broker.port, ["#"])
+    try:
+        yield subscriber
+    finally:
+        subscriber.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, simulator: SimulatorThread, broker: Mosquitto, influx: VictoriaMetrics,
+           recorder: Recorder) -> Iterator[Daemon]:
+    running = Daemon(tmp_path, simulator.port, broker.port, influx.url)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def raised(sim: SimulatorThread) -> list[SimEvent]:
+    """Return the events the simulator raised while it ran (not the table it started with), oldest first."""
+    table = sim.simulator.records.events
+    return [e for e in table.events() if e.start > table.started]
+
+
+def counted_like_the_simulator(counts: dict[str, float], events: list[SimEvent]) -> bool:
+    """Return whether the counts are those of a run of consecutive raised events reaching the newest but one."""
+    total = int(sum(counts.values()))
+    if total == 0 or len(events) - total < 0:
+        return False
+    got = {name: int(value) for name, value in counts.items() if value}
+    for end in (len(events), len(events) - 1):  # the newest may not have been read yet
+        run = events[end - total:end] if end - total >= 0 else []
+        if got == dict(collections.Counter(type_name(ord(e.code)) for e in run)):
+            return True
+    return False
+
+
+@pytest.mark.timeout(120)
+def test_new_events_are_counted_once_and_reach_all_three_outputs(daemon, simulator, influx, recorder):
+    first = wait_for(lambda: (counts := daemon.events_total()) and counts, 30, message="the events counter")
+    assert set(first) >= {t.name for t in EVENT_TYPES}  # every documented type from the start
+    wait_for(lambda: daemon.metrics().get("rctmon_event_table_last_read_timestamp_seconds", 0) > 0, 20,
+             message="a complete read of the event table")
+
+    # The table's past, read first, is in InfluxDB but counts nothing; every event after it counts once.
+    wait_for(lambda: influx.count('{__name__="inverter_event_element2"}') >= BASE_EVENTS, 30,
+             message="the table's past in InfluxDB")
+    wait_for(lambda: sum(daemon.events_total().values()) >= 3, 30, message="three new events counted")
+    wait_for(lambda: counted_like_the_simulator(daemon.events_total(), raised(simulator)), 10,
+             message="the counts of the simulator's newest events")
+
+    # The next event the simulator raises shows up everywhere within a minute.
+    table = simulator.simulator.records.events
+    after = len(table.events())
+    event = wait_for(lambda: len(table.events()) > after and table.events()[after], 2 * EVENT_EVERY + 5,
+                     message="the simulator's next event")
+    kind = type_name(ord(event.code))
+    wait_for(lambda: daemon.metrics().get(
+        f'rctmon_inverter_last_event_timestamp_seconds{{inverter="{NAME}",type="{kind}"}}') == event.start, 60,
+        message=f"the newest {kind} on /metrics")
+
+    def stored() -> bool:
+        return any(ts == event.start * 1000 and dict(labels) == {"inverter": NAME, "type": kind}
+                   for _, labels, ts, _ in influx.export('{__name__="inverter_event_element2"}'))
+    wait_for(stored, 60, message=f"the {kind} at {event.start} in InfluxDB")
+
+    def announced() -> dict[str, object] | None:
+        payloads = [json.loads(p) for p in recorder.messages.get(f"{PREFIX}/event", [])]
+        return next((p for p in payloads if p["start_timestamp"] == event.start), None)
+    payload = wait_for(announced, 60, message=f"the {kind} on MQTT")
+    assert payload["type"] == kind and payload["event_type"] == kind
+    assert not recorder.retained[f"{PREFIX}/event"]  # a moment, not a state
+
+    # Nothing twice: one point per event in InfluxDB, one MQTT message per event, and only raised ones announced.
+    events = [e for e in table.events() if e.start <= event.start]
+    points = {(dict(labels)["type"], ts) for _, labels, ts, _ in influx.export('{__name__="inverter_event_element2"}')}
+    assert points == {(type_name(ord(e.code)), e.start * 1000) for e in events}
+    starts = [json.loads(p)["start_timestamp"] for p in recorder.messages[f"{PREFIX}/event"]]
+    assert len(starts) == len(set(starts)) and set(starts) <= {e.start for e in raised(simulator)}
+    discovery = json.loads(recorder.last(f"homeassistant/event/{node_id(simulator.options.inventory())}"
+                                         "/inverter_event/config") or "{}")
+    assert discovery["state_topic"] == f"{PREFIX}/event" and kind in discovery["event_types"]
+
+
+@pytest.mark.timeout(90)
+def test_fault_bits_show_by_name_on_metrics_and_in_the_home_assistant_sensor(daemon, simulator, recorder):
+    def fault(name: str) -> float | None:
+        return daemon.metrics().get(f'rctmon_inverter_fault_active{{fault="{name}",inverter="{NAME}"}}')
+
+    wait_for(lambda: fault("grid_undervoltage_l1") == 1.0, 30, message="grid_undervoltage_l1 active")
+    assert fault("battery_empty") == 1.0 and fault("quartz") == 0.0
+    sensor = f"homeassistant/binary_sensor/{node_id(simulator.options.inventory())}/inverter_faults/config"
+    config = wait_for(lambda: json.loads(recorder.last(sensor) or "null"), 20, message="the problem sensor")
+    assert config["device_class"] == "problem" and config["state_topic"] == f"{PREFIX}/faults"
+    assert config["json_attributes_topic"] == f"{PREFIX}/faults"
+    state = wait_for(lambda: json.loads(recorder.last(f"{PREFIX}/faults") or "null"), 20, message="the fault state")
+    assert state["problem"] == "ON" and state["faults"] == ["grid_undervoltage_l1", "battery_empty"]
+
+    simulator.simulator.set_inverter_faults(())  # the faults clear
+    wait_for(lambda: fault("grid_undervoltage_l1") == 0.0, 30, message="grid_undervoltage_l1 cleared")
+    wait_for(lambda: json.loads(recorder.last(f"{PREFIX}/faults") or "{}").get("problem") == "OFF", 30,
+             message="the problem sensor off")
+    assert json.loads(recorder.last(f"{PREFIX}/faults") or "{}")["faults"] == []
