@@ -12,6 +12,7 @@ import collections
 import json
 import os
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from collections.abc import Iterator
@@ -64,10 +65,15 @@ mqtt:
   client_id: rctmon-events-test-{os.getpid()}
 """, encoding="utf-8")
         config.chmod(0o600)
+        self.config = config
         self.log_path = tmp_path / "daemon.log"
+        self.proc = self.start()
+
+    def start(self) -> subprocess.Popen[bytes]:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(rctmon_command("-c", str(config), "daemon"), stdout=log,
+            self.proc = subprocess.Popen(rctmon_command("-c", str(self.config), "daemon"), stdout=log,
                                          stderr=subprocess.STDOUT)
+        return self.proc
 
     def metrics(self) -> dict[str, float]:
         """Return the daemon's samples as {'name{labels}': value}."""
@@ -190,7 +196,21 @@ def test_new_events_are_counted_once_and_reach_all_three_outputs(daemon, simulat
     assert payload["type"] == kind and payload["event_type"] == kind
     assert not recorder.retained[f"{PREFIX}/event"]  # a moment, not a state
 
-    # Nothing twice: one point per event in InfluxDB, one MQTT message per event, and only raised ones announced.
+    # A ranged event read while it lasted (its end field 0) gets its end on the same point once it is over.
+    ended = [e for e in raised(simulator) if e.end is not None and e.end < event.start]
+    assert ended  # the simulator's new events last 1 to 2 EVENT_EVERY
+
+    def ends_stored() -> bool:
+        durations = {(dict(labels)["type"], ts): value
+                     for _, labels, ts, value in influx.export('{__name__="inverter_event_duration"}')}
+        return all(durations.get((type_name(ord(e.code)), e.start * 1000)) == e.end - e.start  # type: ignore[operator]
+                   for e in ended)
+    wait_for(ends_stored, 30, message="the ends of the events that are over in InfluxDB")
+
+    # Nothing twice: one point per event in InfluxDB, one MQTT message per event, and only raised ones announced;
+    # an event read again with its end is not counted again.
+    wait_for(lambda: counted_like_the_simulator(daemon.events_total(), raised(simulator)), 10,
+             message="the counts of the simulator's newest events, after ends were filled in")
     events = [e for e in table.events() if e.start <= event.start]
     points = {(dict(labels)["type"], ts) for _, labels, ts, _ in influx.export('{__name__="inverter_event_element2"}')}
     assert points == {(type_name(ord(e.code)), e.start * 1000) for e in events}
@@ -220,3 +240,34 @@ def test_fault_bits_show_by_name_on_metrics_and_in_the_home_assistant_sensor(dae
     wait_for(lambda: json.loads(recorder.last(f"{PREFIX}/faults") or "{}").get("problem") == "OFF", 30,
              message="the problem sensor off")
     assert json.loads(recorder.last(f"{PREFIX}/faults") or "{}")["faults"] == []
+
+
+@pytest.mark.timeout(120)
+def test_a_restarted_daemon_fills_what_it_missed_and_repeats_nothing(daemon, simulator, influx, recorder):
+    table = simulator.simulator.records.events
+    wait_for(lambda: sum(daemon.events_total().values()) >= 2, 40, message="two new events counted")
+    daemon.stop()
+    announced_before = recorder.count(f"{PREFIX}/event")
+    stopped_at = len(table.events())
+    wait_for(lambda: len(table.events()) >= stopped_at + 2, 4 * EVENT_EVERY, message="two events while it is down")
+    restarted = time.time()
+    daemon.start()
+
+    # The first read after the start is the table's past: stored (the events missed while down included), not
+    # counted again, not announced again. The counter starts from 0 and counts only what happens after the start.
+    missed = [e for e in table.events()[stopped_at:] if e.start < restarted]
+
+    def stored() -> set[tuple[str, int]]:
+        return {(dict(labels)["type"], ts)
+                for _, labels, ts, _ in influx.export('{__name__="inverter_event_element2"}')}
+    wait_for(lambda: {(type_name(ord(e.code)), e.start * 1000) for e in missed} <= stored(), 30,
+             message="the events missed while down in InfluxDB")
+    wait_for(lambda: sum(daemon.events_total().values()) >= 2, 40, message="new events after the restart")
+    counted = sum(daemon.events_total().values())
+    assert counted <= len([e for e in table.events() if e.start >= restarted])
+    starts = [json.loads(p)["start_timestamp"] for p in recorder.messages[f"{PREFIX}/event"]]
+    assert len(starts) == len(set(starts)) > announced_before  # new ones announced, none twice
+    assert not {e.start for e in missed} & set(starts)  # what happened while down is history, not news
+    points = stored()
+    newest = max(ts for _, ts in points)
+    assert points == {(type_name(ord(e.code)), e.start * 1000) for e in table.events() if e.start * 1000 <= newest}

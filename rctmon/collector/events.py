@@ -15,6 +15,12 @@ collector had not seen is new (`new` True): counted on /metrics, announced on MQ
 twice; what happened while rctmon was not running reaches InfluxDB and the latest-start gauge, not the counters
 (a counter that restarts at 0 is what Prometheus expects of a restarted process).
 
+An event is identified by its type and start stamp (two events of a type that start in the same second are one
+InfluxDB point anyway). How the inverter shows a ranged event while it lasts is not documented; if it fills in the
+end later, the same event is read again with other fields: that is an *update*, handed on with `new` False (InfluxDB
+stores the end on the same point; nothing is counted or announced twice). So that the end of an event still open is
+seen, a read goes back to the oldest open event of the last OPEN_WATCH seconds, not only to the newest event.
+
 A read that gives up (twelve refused answers or four queries nobody answered in a row, or the connection lost)
 hands on the events it did read, each checked, and is done again from the same point at the next interval: the
 point a read starts from moves only when a read completes.
@@ -31,7 +37,7 @@ from collections.abc import Sequence
 from rctmon.collector.scheduler import Poller
 from rctmon.config import Config, device_timezone
 from rctmon.history.engine import HistoryStats, Reader
-from rctmon.history.events import Event
+from rctmon.history.events import EVENT_TYPES_BY_CODE, Event
 from rctmon.history.protocol import BAD_ANSWER_KINDS
 from rctmon.history.series import LoggerRow
 from rctmon.history.timezone import InverterClock
@@ -44,7 +50,20 @@ log = logging.getLogger("rctmon.collector.events")
 MAX_KNOWN = 20_000
 #: Events per message: a week of a busy table still travels in pieces the channel takes at once.
 EVENTS_PER_MESSAGE = 1000
+#: How long an event without its end is read again for its end (a longer one is read at the next start).
+OPEN_WATCH = 86_400
 Key = tuple[int, int, int, int, int]
+Identity = tuple[int, int]  # (type code, start stamp)
+
+
+def identity(event: Event) -> Identity:
+    return (event.raw.code, event.raw.stamp)
+
+
+def is_open(event: Event) -> bool:
+    """Return whether the event is a ranged one whose end the table does not (yet) tell."""
+    known = EVENT_TYPES_BY_CODE.get(event.raw.code)
+    return known is not None and known.ranged and event.end is None
 
 
 class _Found:
@@ -73,7 +92,8 @@ class EventWatch:
         self._clock = InverterClock(device_timezone(config.device))
         self._hand_on = hand_on
         self._now = now
-        self._known: dict[Key, int] = {}  # every event read within max_gap -> its start
+        self._known: dict[Identity, tuple[Key, int]] = {}  # every event read within max_gap -> (its row, start)
+        self._open: dict[Identity, int] = {}  # ranged events read without an end -> start
         self._start_from: int | None = None  # where the next read stops: None until the baseline is complete
         self.history = HistoryStats()  # queries, answers refused by kind, queries nobody answered
         self.incomplete_reads = 0
@@ -104,21 +124,38 @@ class EventWatch:
         now = self._now()
         baseline = self._start_from is None
         start = int(now - self._max_gap) if self._start_from is None else self._start_from
+        start = min([start, *self._open.values()])
         found = _Found()
         reader = Reader(poller, self._clock, found, self.history, concurrency=1, now=self._now)
         await reader.run((), True, start, int(now) + 1)
         complete = not reader.unread
         if not complete:
             self.incomplete_reads += 1
+        fresh: list[Event] = []
+        updated: list[Event] = []
         # the reader hands events on newest first; oldest first is the order they happened in
-        fresh = [event for event in reversed(found.found) if event.raw.key not in self._known]
-        for event in fresh:
-            self._known[event.raw.key] = event.start
+        for event in reversed(found.found):
+            known = self._known.get(identity(event))
+            if known is None:
+                fresh.append(event)
+            elif known[0] != event.raw.key:
+                updated.append(event)
+            else:
+                continue
+            self._known[identity(event)] = (event.raw.key, event.start)
+            if is_open(event):
+                self._open[identity(event)] = event.start
+            else:
+                self._open.pop(identity(event), None)
         self._forget(now)
         if complete:
             self.last_read_seconds = self._now()
-            newest = max(self._known.values(), default=None)
+            newest = max((start for _, start in self._known.values()), default=None)
             self._start_from = newest if newest is not None else start
+        if updated:
+            log.info("%d inverter events read again with other fields (an end filled in): %s", len(updated),
+                     ", ".join(sorted({e.type for e in updated})))
+            self._send(updated, new=False)
         if not fresh:
             return
         if baseline:
@@ -134,12 +171,17 @@ class EventWatch:
             self._hand_on(InverterEvents(tuple(events[index:index + EVENTS_PER_MESSAGE]), new))
 
     def _forget(self, now: float) -> None:
-        """Forget events older than max_gap (no read reaches them), and the oldest beyond MAX_KNOWN."""
+        """Forget events older than max_gap (no read reaches them), and the oldest beyond MAX_KNOWN; stop watching
+        for the end of an event open longer than OPEN_WATCH."""
         horizon = now - self._max_gap - self._interval
         known = self._known
-        if len(known) > MAX_KNOWN or any(start < horizon for start in known.values()):
-            kept = sorted(((start, key) for key, start in known.items() if start >= horizon), reverse=True)
-            self._known = {key: start for start, key in kept[:MAX_KNOWN]}
+        if len(known) > MAX_KNOWN or any(start < horizon for _, start in known.values()):
+            kept = sorted(((start, ident, key) for ident, (key, start) in known.items() if start >= horizon),
+                          reverse=True)
+            self._known = {ident: (key, start) for start, ident, key in kept[:MAX_KNOWN]}
+        open_horizon = now - min(self._max_gap, OPEN_WATCH)
+        self._open = {ident: start for ident, start in self._open.items()
+                      if start >= open_horizon and ident in self._known}
 
     def stats(self) -> Stats:
         """Return the figures the collector's heartbeat carries for its health metrics."""

@@ -5,7 +5,9 @@ The table holds `count` events spread over the day before the simulator started 
 events an end a few seconds to minutes after their start, switching-on conditions a voltage or frequency, a
 parameter change a real registry object with its old and new value, an update two software versions. With `every`
 set, one more event happens every `every` seconds while the simulator runs (issue 14 watches them arrive); they are
-computed from the clock, so the table is the same whoever asks.
+computed from the clock, so the table is the same whoever asks. A ranged event that still lasts is sent with end
+field 0, its end filled in once it has passed: how a real inverter shows an open event is not documented, and this is
+the harder case for a reader that watches the table (the same event, read twice, with other fields).
 
 Rows are five 4-byte fields (type character, start stamp, three type-specific fields), stamps in the inverter's
 local wall-clock time read as UTC. A query with stamp T is answered with a varying number of consecutive rows
@@ -63,8 +65,12 @@ class SimEvent:
     element3: int
     element4: int
 
-    def row(self, stamp: Callable[[int], int]) -> tuple[int, int, int, int, int]:
-        element2 = stamp(self.end) if self.end is not None else self.element2
+    def row(self, stamp: Callable[[int], int], now: float) -> tuple[int, int, int, int, int]:
+        """Return the row as sent at `now`: a ranged event that still lasts has no end yet (its end field is 0)."""
+        if self.end is None:
+            element2 = self.element2
+        else:
+            element2 = stamp(self.end) if self.end <= now else 0
         return (ord(self.code), stamp(self.start), element2, self.element3, self.element4)
 
 
@@ -87,9 +93,9 @@ class EventTable:
         offset = datetime.datetime.fromtimestamp(instant, self.zone).utcoffset()
         return instant + (int(offset.total_seconds()) if offset is not None else 0)
 
-    def _make(self, index: int, start: int, rng: random.Random) -> SimEvent:
+    def _make(self, index: int, start: int, rng: random.Random, longest: int = 600) -> SimEvent:
         code, layout = TYPES[index % len(TYPES)]
-        end = start + rng.randint(1, 600)
+        end = start + rng.randint(1, longest)
         if layout == "parameter":
             name, old, new = PARAMETERS[index % len(PARAMETERS)]
             object_id, old_raw = _raw_parameter(name, old)
@@ -116,12 +122,14 @@ class EventTable:
             for j in range(1, happened + 1):
                 start = int(self.started + j * self.every)
                 rng = random.Random(zlib.crc32(f"{self._seed}:{j}".encode()))
-                events.append(self._make(len(self._base) + j, start, rng))
+                # short enough to end while a test watches (a new one every `every` s lasts at most 2 `every`)
+                events.append(self._make(len(self._base) + j, start, rng, min(600, max(1, int(2 * self.every)))))
         return [e for e in events if e.start <= now]
 
     def rows(self, now: float | None = None) -> list[tuple[int, int, int, int, int]]:
         """Return the table as the inverter sends its rows, oldest first."""
-        return [e.row(self.stamp) for e in self.events(now)]
+        now = self.clock() if now is None else now
+        return [e.row(self.stamp, now) for e in self.events(now)]
 
     def answer(self, stamp: int, rng: random.Random, now: float | None = None) -> bytes:
         """Return the payload answering a query with `stamp`: the stamp, then rows, newest first."""
