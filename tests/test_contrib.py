@@ -453,7 +453,8 @@ def test_architecture_names_every_message_and_process():
 
     with open(ARCHITECTURE, encoding="utf-8") as f:
         text = f.read()
-    message_types = ["ReadingBatch", "Inventory", "DeviceStatus", "Heartbeat", "Health", "Ack", "Started", "Stop"]
+    message_types = ["ReadingBatch", "InverterEvents", "Inventory", "DeviceStatus", "Heartbeat", "Health", "Ack",
+                     "Started", "Stop"]
     for name in message_types:
         assert hasattr(messages, name), f"rctmon.messages has no {name} any more: update docs/architecture.md"
         assert f"`{name}`" in text, f"docs/architecture.md does not explain {name}"
