@@ -70,3 +70,11 @@ def test_the_home_assistant_payload_lists_the_active_faults_by_name() -> None:
     assert payload["problem"] == "ON" and payload["faults"] == ["battery_empty"]
     assert payload["descriptions"] == ["Battery is empty, not enough energy for standby"]
     assert json.loads(mqtt_events.faults_payload({0: 0, 1: 0, 2: 0, 3: 0}))["problem"] == "OFF"
+
+
+def test_the_simulator_refuses_a_fault_it_cannot_name_and_sets_the_bits_it_can() -> None:
+    from rctmon.simulator import SimulatorOptions
+
+    problems = SimulatorOptions(inverter_faults=("grid_undervoltage_l1", "nope")).problems()
+    assert [p for p in problems if p.startswith("--inverter-fault") and "'nope'" in p]
+    assert SimulatorOptions(inverter_faults=("grid_undervoltage_l1", "bit_127")).problems() == []
