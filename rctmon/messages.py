@@ -157,11 +157,14 @@ class InverterEvents:
 
     `new`: they appeared in the table after the collector's first complete read of it, so they happened while
     rctmon watched (counted on /metrics, announced on MQTT). Without it they are that first read: the table as it
-    was when the collector started (history, not news: InfluxDB stores them again, Prometheus shows their latest
-    start). `seq` is the supervisor's number (shared with ReadingBatch), what an exporter acknowledges; 0 for the
-    recent events a new incarnation is replayed (never to be announced again).
+    was when the collector started (history, not news: Prometheus shows their latest start), or an event read again
+    with other fields (its end filled in). `store`: InfluxDB is to store them; not the first read's events from
+    before the collector started, which are the backfill's to fill (or not: `history.backfill`). `seq` is the
+    supervisor's number (shared with ReadingBatch), what an exporter acknowledges; 0 for the recent events a new
+    incarnation is replayed (never to be announced again).
     """
 
     events: tuple[Event, ...]
     new: bool
     seq: int = 0
+    store: bool = True

@@ -490,7 +490,7 @@ class Supervisor:
     def _on_events(self, child: Child, events: InverterEvents) -> None:
         """Number the collector's events like a batch, remember them for replay, and route them like readings."""
         self.seq += 1
-        numbered = InverterEvents(events.events, events.new, self.seq)
+        numbered = InverterEvents(events.events, events.new, self.seq, events.store)
         self.recent_events.add(numbered)
         self._route(numbered)
 

@@ -2,8 +2,9 @@
 
 The simulator runs in this process (SimulatorThread) so that the test knows the truth: its event table
 (`records.events`) raises a new event every EVENT_EVERY seconds, and its fault words can be switched while it runs.
-The daemon reads the table every medium interval (1 s here); what its first read finds is the table's past (stored
-in InfluxDB, not counted, not announced), every event after that is counted once, written once and announced once.
+The daemon reads the table every medium interval (1 s here); what its first read finds is the table's past (not
+counted, not announced; in InfluxDB through the backfill, rctmon/collector/backfill.py), every event after that is
+counted once, written once and announced once.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ mqtt:
   host: 127.0.0.1
   port: {broker_port}
   client_id: rctmon-events-test-{os.getpid()}
+history:
+  first_start: 2d  # the backfill fills the table's past (the day before the simulator started)
 """, encoding="utf-8")
         config.chmod(0o600)
         self.config = config

@@ -52,6 +52,13 @@ def test_events_become_the_points_the_history_command_writes_and_are_acknowledge
     assert expected[0].endswith(f" {START * 1_000_000_000}".encode())
 
 
+def test_the_tables_past_is_acknowledged_but_not_stored(spool: Spool) -> None:
+    receiver = Receiver(spool, StatsBox())
+    receiver.inventory(Inventory(name=NAME, complete=True))
+    receiver.add(InverterEvents(EVENTS, new=False, seq=3, store=False))  # the backfill's to fill
+    assert receiver.commit() == 3 and spool.count == 0
+
+
 def test_events_before_the_inverters_name_are_dropped_and_counted(spool: Spool) -> None:
     stats = StatsBox()
     receiver = Receiver(spool, stats)

@@ -9,11 +9,13 @@ them ends the read.
 
 What is new, across restarts, without a file of state: the collector's first complete read after it starts goes
 back `history.max_gap` and is the *baseline*: the table as it was, handed on with `new` False. Those events are
-history, not news: InfluxDB stores them again (the same points as before a restart, which it keeps once),
-Prometheus shows the latest start of each type, MQTT announces nothing. An event a later read finds that the
-collector had not seen is new (`new` True): counted on /metrics, announced on MQTT. So a restart announces nothing
-twice; what happened while rctmon was not running reaches InfluxDB and the latest-start gauge, not the counters
-(a counter that restarts at 0 is what Prometheus expects of a restarted process).
+history, not news: Prometheus shows the latest start of each type, MQTT announces nothing, and InfluxDB stores only
+those that started since the collector did (`store`; the ones before are the backfill's, which fills the record up
+to the moment of the connection, and with `history.backfill: false` the past is not filled at all). An event a
+later read finds that the collector had not seen is new (`new` True): counted on /metrics, announced on MQTT,
+stored. So a restart announces and counts nothing twice (the rule does not depend on the inverter's clock agreeing
+with the host's); what happened while rctmon was not running reaches the latest-start gauge, and InfluxDB through
+the backfill, not the counters (a counter that restarts at 0 is what Prometheus expects of a restarted process).
 
 An event is identified by its type and start stamp (two events of a type that start in the same second are one
 InfluxDB point anyway). How the inverter shows a ranged event while it lasts is not documented; if it fills in the
@@ -99,6 +101,7 @@ class EventWatch:
         self.incomplete_reads = 0
         self.last_read_seconds = 0.0  # when a read last completed (UNIX seconds)
         self.new_events = 0
+        self._started = int(now())  # the first read stores the events since then (the backfill fills before it)
 
     @property
     def baseline_done(self) -> bool:
@@ -161,14 +164,16 @@ class EventWatch:
         if baseline:
             log.info("event table read: %d events in the last %s s (history, not news)", len(fresh),
                      f"{self._max_gap:g}")
+            self._send([e for e in fresh if e.start < self._started], new=False, store=False)
+            self._send([e for e in fresh if e.start >= self._started], new=False)
         else:
             self.new_events += len(fresh)
             log.info("%d new inverter events: %s", len(fresh), ", ".join(sorted({e.type for e in fresh})))
-        self._send(fresh, new=not baseline)
+            self._send(fresh, new=True)
 
-    def _send(self, events: Sequence[Event], new: bool) -> None:
+    def _send(self, events: Sequence[Event], new: bool, store: bool = True) -> None:
         for index in range(0, len(events), EVENTS_PER_MESSAGE):
-            self._hand_on(InverterEvents(tuple(events[index:index + EVENTS_PER_MESSAGE]), new))
+            self._hand_on(InverterEvents(tuple(events[index:index + EVENTS_PER_MESSAGE]), new, store=store))
 
     def _forget(self, now: float) -> None:
         """Forget events older than max_gap (no read reaches them), and the oldest beyond MAX_KNOWN; stop watching

@@ -18,8 +18,8 @@ collector's backfill from the inverter's logger) arrive in the same numbered str
 the spool, then what they fill is marked in the record and the record saved, then the batch is acknowledged.
 
 The inverter's events (InverterEvents, numbered and acknowledged like batches) become `inverter_event` points
-exactly as `rctmon history` writes them (rctmon.history.outputs.LineFormat): the collector's first read after every
-start repeats the table's recent past, which InfluxDB stores once (same series and timestamps).
+exactly as `rctmon history` writes them (rctmon.history.outputs.LineFormat), except those not to be stored (`store`
+false: the table's past, which is the backfill's to fill).
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ class Receiver:
         readings = [r for batch in self._pending if isinstance(batch, ReadingBatch) for r in batch.readings]
         # the backfill's lines are ready; with live points they are stored in one transaction
         history = [line for batch in self._pending if isinstance(batch, BackfillBatch) for line in batch.lines]
-        events = [e for batch in self._pending if isinstance(batch, InverterEvents) for e in batch.events]
+        events = [e for batch in self._pending if isinstance(batch, InverterEvents) and batch.store
+                  for e in batch.events]
         dropped: int | None
         if self.encoder is not None:
             # Encoded again on every attempt: batches pending when the inverter's name changes get the new one.
