@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rctmon.catalog import Kind, Series, enabled_series
 from rctmon.simulator import SimulatorOptions
+from tests import support  # the helpers the tests use; bench/ runs from the checkout (python -m bench)
+from tests.support import VictoriaMetrics
 
 T = TypeVar("T")
 PYTHON = sys.executable
@@ -63,25 +64,15 @@ class BenchError(RuntimeError):
 
 def free_port() -> int:
     """Return a TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return support.free_port(HOST)
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Poll `predicate` until it returns something truthy; raise BenchError at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as exc:  # noqa: BLE001 - a poll fails until the thing is up
-            last = exc
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}" + (f" ({last!r})" if last else ""))
-        time.sleep(interval)
+    """Poll `predicate` as the tests do (support.wait_for); a deadline that passes is a BenchError here."""
+    try:
+        return support.wait_for(predicate, timeout, interval, what)
+    except support.TimedOut as exc:
+        raise BenchError(str(exc)) from None
 
 
 def accepts(port: int) -> bool:
@@ -99,6 +90,7 @@ class Processes:
         self.workdir = tempfile.mkdtemp(prefix=f"rctmon-bench-{label}-")
         self._procs: list[subprocess.Popen[bytes]] = []
         self.named: dict[str, subprocess.Popen[bytes]] = {}  # by log name without .log: simulator, daemon, ...
+        self._adopted: set[int] = set()  # pids of processes started elsewhere, in our own group
 
     def __enter__(self) -> Processes:
         return self
@@ -119,6 +111,12 @@ class Processes:
         self.named[log_name.rsplit(".", 1)[0]] = proc
         return proc
 
+    def adopt(self, proc: subprocess.Popen[bytes], name: str) -> None:
+        """Stop a process started elsewhere with the others (it is not in a group of its own: only it is signalled)."""
+        self._procs.append(proc)
+        self._adopted.add(proc.pid)
+        self.named[name] = proc
+
     def log(self, log_name: str, tail: int = 1500) -> str:
         try:
             with open(self.path(log_name), "rb") as log:
@@ -129,14 +127,20 @@ class Processes:
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 8.0) -> None:
         """SIGTERM the process group, wait up to `grace` seconds, then SIGKILL the group."""
         if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
+            self._signal(proc, signal.SIGTERM)
             try:
                 proc.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
-        _signal_group(proc, signal.SIGKILL)  # stragglers in the group (children of a killed parent)
+        self._signal(proc, signal.SIGKILL)  # stragglers in the group (children of a killed parent)
         if proc.poll() is None:
             proc.wait(5)
+
+    def _signal(self, proc: subprocess.Popen[bytes], signum: int) -> None:
+        if proc.pid in self._adopted:
+            proc.send_signal(signum)  # a no-op once it has been waited for
+        else:
+            _signal_group(proc, signum)
 
     def stop_all(self) -> None:
         for proc in reversed(self._procs):
@@ -164,8 +168,7 @@ def exit_on_signals() -> None:
         signal.signal(signum, leave)
 
 
-def rctmon(*args: str) -> list[str]:
-    return [PYTHON, "-m", "rctmon.cli", *args]
+rctmon = support.rctmon_command
 
 
 # --- the simulator, victoria-metrics, the daemon ----------------------------------------------------------------------
@@ -198,23 +201,18 @@ def start_simulator(procs: Processes, latency_ms: float = 60.0, drop_rate: float
 
 
 def start_victoria_metrics(procs: Processes) -> str:
-    """Start victoria-metrics on loopback with a data directory in the workdir; return its URL."""
+    """Start victoria-metrics (support.VictoriaMetrics) with a data directory in the workdir; return its URL."""
     if not os.path.exists(VICTORIA_METRICS):
         raise BenchError(f"{VICTORIA_METRICS} is not installed (apt-get install victoria-metrics)")
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    proc = procs.start([VICTORIA_METRICS, f"-httpListenAddr={HOST}:{port}",
-                        f"-storageDataPath={procs.path('vm-data')}", "-loggerLevel=ERROR", "-retentionPeriod=100y"],
-                       "victoria-metrics.log")
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise BenchError(f"victoria-metrics exited: {procs.log('victoria-metrics.log')}")
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
-            return answer.status == 200
-
-    wait_for(healthy, 20, "victoria-metrics")
-    return url
+    server = VictoriaMetrics(VICTORIA_METRICS, data_dir=procs.path("vm-data"), port=free_port())
+    try:
+        server.start()
+    except AssertionError as exc:  # TimedOut, or it exited
+        raise BenchError(f"victoria-metrics did not start: {exc}") from None
+    finally:
+        if server.proc is not None:
+            procs.adopt(server.proc, "victoria-metrics")
+    return server.url
 
 
 def daemon_config(device_port: int, metrics_port: int, influx_url: str | None = None,

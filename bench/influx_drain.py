@@ -1,7 +1,6 @@
 """Benchmark: how fast a spooled backlog of a million points drains into a real server.
 
     python -m bench.influx_drain [--points 1000000] [--rate 2000] [--batch-size 5000]
-    python bench/influx_drain.py ...
 
 A spool is filled with real lines (the catalog's series, one inverter, distinct timestamps), victoria-metrics is
 started on loopback, and the influxdb exporter child runs exactly as under the supervisor (forked, `run(config,
@@ -32,21 +31,15 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (_REPO, os.path.join(_REPO, "tests")):  # run as a script too; vmserver lives beside the tests
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from rctmon.catalog import SERIES  # noqa: E402
-from rctmon.channel import Channel, ChannelClosed  # noqa: E402
-from rctmon.config import Config, InfluxDBConfig  # noqa: E402
-from rctmon.exporters.lineprotocol import EXPORTED_IDS, LineEncoder  # noqa: E402
-from rctmon.exporters.spool import Spool  # noqa: E402
-from rctmon.inventory import Inventory  # noqa: E402
-from rctmon.messages import Ack, Reading, ReadingBatch, Started, Stop  # noqa: E402
-from bench.common import cpu_seconds  # noqa: E402
-from channels import wait_messages  # noqa: E402
-from vmserver import VictoriaMetrics  # noqa: E402
+from rctmon.catalog import SERIES
+from rctmon.channel import Channel, ChannelClosed
+from rctmon.config import Config, InfluxDBConfig
+from rctmon.exporters.lineprotocol import EXPORTED_IDS, LineEncoder
+from rctmon.exporters.spool import Spool
+from rctmon.inventory import Inventory
+from rctmon.messages import Ack, Reading, ReadingBatch, Started, Stop
+from bench.common import cpu_seconds
+from tests.support import VictoriaMetrics, wait_messages
 
 INVERTER = "bench"
 

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from rctmon.channel import Channel, ChannelClosed
-from channels import wait_messages
+from support import wait_messages
 from rctmon.messages import ReadingBatch
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from channels import wait_messages
+from support import wait_messages
 import rctmon.child
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.child import ChildContext, ChildFailed, Job, Link, run_child

@@ -43,7 +43,7 @@ from rctmon.messages import (RESPONSE_BUCKETS, CollectorStats, DeviceStatus, Hea
 from rctmon.registry import CHILD_BY_NAME
 from rctmon.simulator import SimulatorOptions, SimulatorThread
 
-from channels import wait_messages
+from support import wait_messages
 
 REGISTRY_IDS = sorted(RESPONSE_TYPES)
 SOC = REGISTRY.get_by_name("battery.soc").object_id

@@ -31,7 +31,7 @@ from rctmon.exporters.influxwriter import Drainer, InfluxSender, InfluxStats, St
 from rctmon.exporters.spool import Spool
 from rctmon.inventory import Inventory
 from rctmon.messages import Ack, Heartbeat, Reading, ReadingBatch, Started, Stop
-from channels import wait_messages
+from support import wait_messages
 from support import REPO, wait_for
 from vmserver import VictoriaMetrics, victoria, wait_until_down  # noqa: F401 - victoria is a fixture
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from channels import wait_messages
+from support import wait_messages
 from mosquitto import Mosquitto, Recorder
 from support import require_binary, wait_for
 

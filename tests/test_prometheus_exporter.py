@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rctclient.types import DataType
 
 import support
-from channels import wait_messages
+from support import wait_messages
 from rctmon import catalog
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config
