@@ -9,6 +9,8 @@ takes any Limits, which the child does not.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import http.client
 import logging
@@ -20,6 +22,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -31,7 +34,7 @@ import support
 from rctmon.channel import Channel, ChannelClosed
 from rctmon.config import Config
 from rctmon.exporters import http as http_module
-from rctmon.exporters.http import BasicAuth, EndpointThread, ExpositionCache, MetricsApp
+from rctmon.exporters.http import BasicAuth, ExpositionCache, MetricsApp
 from rctmon.exporters.httpserver import DEFAULT_LIMITS, Endpoint, Limits
 from rctmon.exporters.listen import bind_endpoint
 from rctmon.child import run_child
@@ -164,6 +167,56 @@ def endpoint_child(tmp_path) -> Iterator[Callable[..., Child]]:
     yield start
     for child in started:
         child.stop()
+
+
+class EndpointThread:
+    """Serve an Endpoint from an event loop in a thread of its own, so that a test can talk to it synchronously.
+
+    (The prometheus child serves from its own event loop; this is test support.) If `serve()` raises (the listening
+    socket can no longer accept), `on_failure` runs in that thread.
+    """
+
+    def __init__(self, endpoint: Endpoint, on_failure: Callable[[BaseException], None]) -> None:
+        self.endpoint = endpoint
+        self._on_failure = on_failure
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(endpoint.serve())
+        self.thread = threading.Thread(target=self._run, name="rctmon-http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass  # stop()
+        except Exception as exc:  # noqa: BLE001 - handed to on_failure: the endpoint is gone
+            self._on_failure(exc)
+        finally:
+            self._loop.close()
+
+    def probe(self, timeout: float = 5.0) -> bool:
+        """Return whether the endpoint answers a GET of /metrics of its own (Endpoint.probe) within `timeout`."""
+        if self._loop.is_closed():
+            return False
+        future = asyncio.run_coroutine_threadsafe(self.endpoint.probe(timeout), self._loop)
+        try:
+            return future.result(timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving (open connections are closed) and wait for the thread."""
+        if not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+            except RuntimeError:  # closed meanwhile
+                pass
+        if self.thread.is_alive():
+            self.thread.join(timeout)
 
 
 @dataclass

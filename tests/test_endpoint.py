@@ -21,9 +21,10 @@ import time
 import pytest
 
 import support
-from endpoint_harness import certificate, endpoint, exchange, metrics_app, need_descriptors, slow_clients, statuses
+from endpoint_harness import (EndpointThread, certificate, endpoint, exchange, metrics_app, need_descriptors,
+                              slow_clients, statuses)
 from rctmon.config import PrometheusConfig
-from rctmon.exporters.http import BasicAuth, EndpointThread, tls_context
+from rctmon.exporters.http import BasicAuth, tls_context
 from rctmon.exporters.httpserver import (Endpoint, Limits, RefusalLog, Request, Response,
                                          _connection_budget, client_key, request_path)
 from rctmon.exporters.listen import bind_endpoint
@@ -386,7 +387,7 @@ _FORK = multiprocessing.get_context("fork")
 
 def _serve_with_few_descriptors(sock: socket.socket, ready: multiprocessing.synchronize.Event, spare: int) -> None:
     """Serve, then lower RLIMIT_NOFILE so that accept() fails with EMFILE after `spare` more connections."""
-    runner = EndpointThread(Endpoint(sock, metrics_app()))
+    runner = EndpointThread(Endpoint(sock, metrics_app()), on_failure=lambda _exc: os._exit(3))  # the test sees it
     runner.start()
     assert runner.probe(5.0)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -17,15 +17,11 @@ For the prometheus child:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import concurrent.futures
 import gzip
 import hmac
 import logging
-import os
-import signal
 import ssl
 import threading
 import time
@@ -39,7 +35,7 @@ from rctmon import __version__
 from rctmon.config import PrometheusConfig
 from rctmon.exporters.httpserver import DEFAULT_LIMITS, Endpoint, Limits, Request, Response
 
-__all__ = ["DEFAULT_LIMITS", "Endpoint", "EndpointThread", "ExpositionCache", "Limits", "MetricsApp", "basic_auth",
+__all__ = ["DEFAULT_LIMITS", "Endpoint", "ExpositionCache", "Limits", "MetricsApp", "basic_auth",
            "tls_context"]
 
 log = logging.getLogger("rctmon.prometheus.http")
@@ -226,62 +222,3 @@ _ROUTES: dict[str, Callable[[MetricsApp, Request], Response]] = {
     "/metrics": MetricsApp._metrics,
     "/": MetricsApp._landing,
 }
-
-
-def end_this_process(exc: BaseException) -> None:
-    """Log why the endpoint stopped and end the process, so that the supervisor restarts it."""
-    log.error("the endpoint stopped serving (%s); ending the process so that the supervisor restarts it", exc)
-    logging.shutdown()
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-class EndpointThread:
-    """Serve an Endpoint from an event loop in a thread of its own, for a process whose main loop is not asyncio.
-
-    The prometheus child's message loop is synchronous for now; this is the endpoint's one thread, whatever the
-    number of clients. If `serve()` raises (the listening socket can no longer accept), `on_failure` runs in that
-    thread: by default it ends the process, which the supervisor notices and restarts, instead of a child that
-    sends heartbeats but serves nothing.
-    """
-
-    def __init__(self, endpoint: Endpoint, on_failure: Callable[[BaseException], None] = end_this_process) -> None:
-        self.endpoint = endpoint
-        self._on_failure = on_failure
-        self._loop = asyncio.new_event_loop()
-        self._task = self._loop.create_task(endpoint.serve())
-        self.thread = threading.Thread(target=self._run, name="rctmon-http", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass  # stop()
-        except Exception as exc:  # noqa: BLE001 - handed to on_failure: the endpoint is gone
-            self._on_failure(exc)
-        finally:
-            self._loop.close()
-
-    def probe(self, timeout: float = 5.0) -> bool:
-        """Return whether the endpoint answers a GET of /metrics of its own (Endpoint.probe) within `timeout`."""
-        if self._loop.is_closed():
-            return False
-        future = asyncio.run_coroutine_threadsafe(self.endpoint.probe(timeout), self._loop)
-        try:
-            return future.result(timeout + 1.0)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            return False
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving (open connections are closed) and wait for the thread."""
-        if not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(self._task.cancel)
-            except RuntimeError:  # closed meanwhile
-                pass
-        if self.thread.is_alive():
-            self.thread.join(timeout)
