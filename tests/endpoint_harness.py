@@ -95,6 +95,24 @@ class Child:
     def descriptors(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def connections_from(self, client_ports: set[int]) -> int:
+        """Return how many connections from these loopback client ports the child holds a descriptor for.
+
+        Exact where a count of descriptors is not: a connection the child is still closing (a scrape just answered)
+        would make a baseline one too high.
+        """
+        inodes = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+        with open("/proc/net/tcp", encoding="ascii") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        return sum(1 for row in rows if row[9] in inodes and int(row[2].rsplit(":", 1)[1], 16) in client_ports)
+
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.pid}/status") as status:
             for line in status:
