@@ -24,7 +24,7 @@ import pytest
 from rctmon.catalog import Tier, enabled_series
 from rctmon.exporters.lineprotocol import field_type
 from rctmon.inventory import Inventory
-from support import free_port, rctmon_command, stop_process, wait_for
+from support import child_pids, free_port, rctmon_command, stop_process, wait_for
 from vmserver import VictoriaMetrics, wait_until_down
 
 NAME = "Carport PS 6.0"
@@ -109,19 +109,9 @@ influxdb:
 
     def influxdb_child(self) -> int:
         """Return the pid of the daemon's influxdb child."""
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
-                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                    title = cmdline.read()
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == self.daemon.pid and b"influxdb" in title:
-                return int(entry)
-        raise AssertionError("no influxdb child")
+        pids = {title.split(": ", 1)[-1]: pid for title, pid in child_pids(self.daemon.pid).items()}
+        assert "influxdb" in pids, f"no influxdb child: {pids}"
+        return pids["influxdb"]
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
