@@ -608,7 +608,8 @@ class Supervisor:
         if inc.channel.send(message):
             return True
         if not inc.channel.closed:
-            child.messages_dropped[MESSAGE_KINDS[type(message)]] += 1
+            # a kind added later without its row is still counted, by its class name, rather than a KeyError here
+            child.messages_dropped[MESSAGE_KINDS.get(type(message), type(message).__name__)] += 1
         return False
 
     # --- health and status ------------------------------------------------------------------------------------------

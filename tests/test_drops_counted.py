@@ -151,3 +151,24 @@ def test_messages_a_full_channel_refuses_are_counted_by_process_and_kind() -> No
         ours.close()
         theirs.close()
         supervisor._close()
+
+
+class Novel:
+    """A message kind added after MESSAGE_KINDS was written (at module level: channels pickle their messages)."""
+
+
+def test_a_refused_message_of_a_kind_without_a_label_is_counted_by_its_class_not_a_crash() -> None:
+    """The supervisor's loop must not die on a KeyError when a message kind added later is refused."""
+    supervisor = sv.Supervisor(Config())
+    ours, theirs = Channel.pair(max_pending=1024)
+    try:
+        child = supervisor.children["prometheus"] = sv.Child(CHILD_BY_NAME["prometheus"])
+        child.incarnation = sv.Incarnation(1, None, ours, 0.0, 0.0)
+        while ours.send(ReadingBatch(((1, "x" * 100_000, 1),))):
+            pass
+        assert not supervisor._send(child, Novel())
+        assert supervisor.health().stats["supervisor"]["messages_dropped"][("prometheus", "Novel")] == 1
+    finally:
+        ours.close()
+        theirs.close()
+        supervisor._close()
