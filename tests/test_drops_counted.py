@@ -130,45 +130,49 @@ def _receive_all(channel: Channel) -> list[object]:
         messages += got
 
 
-def test_messages_a_full_channel_refuses_are_counted_by_process_and_kind() -> None:
-    """Issue 11: the supervisor's failed sends of Inventory, DeviceStatus, Health and Stop were not counted."""
+@pytest.fixture
+def stalled_prometheus() -> Iterator[tuple[sv.Supervisor, sv.Child, Channel]]:
+    """A real Supervisor with a prometheus child on a real channel (the supervisor's end); the child reads nothing."""
     supervisor = sv.Supervisor(Config())
     ours, theirs = Channel.pair(max_pending=1024)
     try:
         child = supervisor.children["prometheus"] = sv.Child(CHILD_BY_NAME["prometheus"])
         child.incarnation = sv.Incarnation(1, None, ours, 0.0, 0.0)
-        dropped = supervisor.health().stats["supervisor"]["messages_dropped"]
-        assert dropped == {("prometheus", kind): 0 for kind in ("inventory", "device_status", "health", "stop")}
-        while ours.send(ReadingBatch(((1, "x" * 100_000, 1),))):  # a child that reads nothing: its channel fills
-            pass
-        supervisor._broadcast(DeviceStatus(up=True))
-        supervisor._send_health()
-        supervisor._request_stop(child)
-        dropped = supervisor.health().stats["supervisor"]["messages_dropped"]
-        assert dropped == {("prometheus", "inventory"): 0, ("prometheus", "device_status"): 1,
-                           ("prometheus", "health"): 1, ("prometheus", "stop"): 1}
+        yield supervisor, child, ours
     finally:
         ours.close()
         theirs.close()
         supervisor._close()
+
+
+def _fill(channel: Channel) -> None:
+    while channel.send(ReadingBatch(((1, "x" * 100_000, 1),))):  # nobody reads the other end: it fills
+        pass
+
+
+def test_messages_a_full_channel_refuses_are_counted_by_process_and_kind(
+        stalled_prometheus: tuple[sv.Supervisor, sv.Child, Channel]) -> None:
+    """Issue 11: the supervisor's failed sends of Inventory, DeviceStatus, Health and Stop were not counted."""
+    supervisor, child, channel = stalled_prometheus
+    dropped = supervisor.health().stats["supervisor"]["messages_dropped"]
+    assert dropped == {("prometheus", kind): 0 for kind in ("inventory", "device_status", "health", "stop")}
+    _fill(channel)
+    supervisor._broadcast(DeviceStatus(up=True))
+    supervisor._send_health()
+    supervisor._request_stop(child)
+    dropped = supervisor.health().stats["supervisor"]["messages_dropped"]
+    assert dropped == {("prometheus", "inventory"): 0, ("prometheus", "device_status"): 1,
+                       ("prometheus", "health"): 1, ("prometheus", "stop"): 1}
 
 
 class Novel:
     """A message kind added after MESSAGE_KINDS was written (at module level: channels pickle their messages)."""
 
 
-def test_a_refused_message_of_a_kind_without_a_label_is_counted_by_its_class_not_a_crash() -> None:
+def test_a_refused_message_of_a_kind_without_a_label_is_counted_by_its_class_not_a_crash(
+        stalled_prometheus: tuple[sv.Supervisor, sv.Child, Channel]) -> None:
     """The supervisor's loop must not die on a KeyError when a message kind added later is refused."""
-    supervisor = sv.Supervisor(Config())
-    ours, theirs = Channel.pair(max_pending=1024)
-    try:
-        child = supervisor.children["prometheus"] = sv.Child(CHILD_BY_NAME["prometheus"])
-        child.incarnation = sv.Incarnation(1, None, ours, 0.0, 0.0)
-        while ours.send(ReadingBatch(((1, "x" * 100_000, 1),))):
-            pass
-        assert not supervisor._send(child, Novel())
-        assert supervisor.health().stats["supervisor"]["messages_dropped"][("prometheus", "Novel")] == 1
-    finally:
-        ours.close()
-        theirs.close()
-        supervisor._close()
+    supervisor, child, channel = stalled_prometheus
+    _fill(channel)
+    assert not supervisor._send(child, Novel())
+    assert supervisor.health().stats["supervisor"]["messages_dropped"][("prometheus", "Novel")] == 1
