@@ -18,9 +18,8 @@ import sys
 import time
 import traceback
 from typing import Callable
-from collections.abc import Sequence
 
-from bench.common import VICTORIA_METRICS, Row, exit_on_signals, load_average
+from bench.common import VICTORIA_METRICS, Row, exit_on_signals, load_average, print_table
 
 INFLUX_POINTS = 1_000_000
 INFLUX_RATE = 2000.0  # live readings per second while the backlog drains (the headroom target)
@@ -145,28 +144,6 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
     }
-
-
-def print_table(rows: Sequence[Row], markdown: bool = False, notes: bool = True) -> None:
-    header = ("figure", "target", "measured", "baseline (same run)", "")
-    lines = [header] + [(r.figure, r.target, r.measured, r.baseline, r.verdict) for r in rows]
-    if markdown:
-        print("| " + " | ".join(header[:4]) + " | result |")
-        print("|" + "---|" * 5)
-        for line in lines[1:]:
-            print("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |")
-    else:
-        widths = [max(len(line[i]) for line in lines) for i in range(5)]
-        for n, line in enumerate(lines):
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
-            if n == 0:
-                print("  ".join("-" * width for width in widths))
-    lines_of_notes = [(r.figure, note) for r in rows for note in r.notes] if notes else []
-    if lines_of_notes:
-        print()
-        for figure, note in lines_of_notes:
-            print(f"- {figure}: {note}")
-    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -394,3 +394,32 @@ def percentile(values: Sequence[float], p: float) -> float:
         return float("nan")
     rank = max(1, min(len(ordered), int(-(-p * len(ordered) // 100))))
     return ordered[rank - 1]
+
+
+def print_table(rows: Sequence[Row], markdown: bool = False, notes: bool = True) -> None:
+    header = ("figure", "target", "measured", "baseline (same run)", "")
+    lines = [header] + [(r.figure, r.target, r.measured, r.baseline, r.verdict) for r in rows]
+    if markdown:
+        print("| " + " | ".join(header[:4]) + " | result |")
+        print("|" + "---|" * 5)
+        for line in lines[1:]:
+            print("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |")
+    else:
+        widths = [max(len(line[i]) for line in lines) for i in range(5)]
+        for n, line in enumerate(lines):
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+            if n == 0:
+                print("  ".join("-" * width for width in widths))
+    lines_of_notes = [(r.figure, note) for r in rows for note in r.notes] if notes else []
+    if lines_of_notes:
+        print()
+        for figure, note in lines_of_notes:
+            print(f"- {figure}: {note}")
+    sys.stdout.flush()
+
+
+def run_alone(rows: Callable[[], Sequence[Row]]) -> int:
+    """Run one benchmark as `python -m bench.<name>`: stop its processes on a signal, print its table."""
+    exit_on_signals()
+    print_table(rows())
+    return 0

@@ -206,7 +206,7 @@ def run(names: Iterator[str] | Sequence[str] = tuple(STREAMS)) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.__main__ import print_table
+    from bench.common import print_table
 
     names = (argv if argv is not None else sys.argv[1:]) or list(STREAMS)
     print_table(run(names))

@@ -148,14 +148,7 @@ def run() -> tuple[list[Row], float | None]:
                 notes)], marginal
 
 
-def main() -> int:
-    from bench.__main__ import print_table
-    from bench.common import exit_on_signals
-
-    exit_on_signals()
-    print_table(run()[0])
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.common import run_alone
+
+    sys.exit(run_alone(lambda: run()[0]))

@@ -88,7 +88,7 @@ def run(points: int = POINTS) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.__main__ import print_table
+    from bench.common import print_table
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=POINTS)
