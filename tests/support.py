@@ -59,6 +59,18 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float 
         time.sleep(interval)
 
 
+def scrape_samples(port: int, timeout: float = 5.0) -> dict[str, float]:
+    """Return what rctmon's endpoint on loopback exposes, as {'name{labels}': value} (comments skipped)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        text = resp.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
 def require_binary(name: str) -> str:
     """Return the path of a program the test needs; skip locally, fail in CI, when it is missing."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)

@@ -13,13 +13,12 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
-from support import child_pids, free_port, pid_gone, rctmon_command, stop_process, wait_for
+from support import child_pids, free_port, pid_gone, rctmon_command, scrape_samples, stop_process, wait_for
 from vmserver import VictoriaMetrics, victoria
 
 from rctmon.history.series import rows_for
@@ -76,16 +75,9 @@ history:
 
     def metrics(self) -> dict[str, float]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
+            return scrape_samples(self.metrics_port)
         except OSError:
             return {}
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                samples[key] = float(value)
-        return samples
 
     def record(self) -> dict[str, object]:
         try:

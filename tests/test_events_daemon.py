@@ -14,14 +14,13 @@ import json
 import os
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
 
 from mosquitto import Mosquitto, Recorder
-from support import free_port, rctmon_command, stop_process, wait_for
+from support import free_port, rctmon_command, scrape_samples, stop_process, wait_for
 from vmserver import VictoriaMetrics
 
 from rctmon.exporters.homeassistant import node_id
@@ -80,14 +79,7 @@ history:
 
     def metrics(self) -> dict[str, float]:
         """Return the daemon's samples as {'name{labels}': value}."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                samples[key] = float(value)
-        return samples
+        return scrape_samples(self.metrics_port)
 
     def events_total(self) -> dict[str, float]:
         """Return rctmon_inverter_events_total by type."""

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pytest
 from rctmon.catalog import Tier, enabled_series
 from rctmon.exporters.lineprotocol import field_type
 from rctmon.inventory import Inventory
-from support import child_pids, free_port, rctmon_command, stop_process, wait_for
+from support import child_pids, free_port, rctmon_command, scrape_samples, stop_process, wait_for
 from vmserver import VictoriaMetrics, wait_until_down
 
 NAME = "Carport PS 6.0"
@@ -98,14 +97,7 @@ influxdb:
 
     def metrics(self) -> dict[str, float]:
         """Return the daemon's samples as {'name{labels}': value}."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                samples[key] = float(value)
-        return samples
+        return scrape_samples(self.metrics_port)
 
     def influxdb_child(self) -> int:
         """Return the pid of the daemon's influxdb child."""
