@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from rctmon import catalog, registry
+from rctmon.exporters import prometheus_events
 from support import REPO, require_binary
 
 CONTRIB = os.path.join(REPO, "contrib")
@@ -49,6 +50,8 @@ def exposed_metrics() -> dict[str, set[str]]:
             if row.kind is catalog.Kind.INFO:
                 labels.add(row.field)
         names[family] = labels
+    for name, _, family_labels, _, _ in prometheus_events.FAMILIES:
+        names[name] = set(family_labels) | TARGET_LABELS
     for metric in registry.HEALTH_METRICS:
         labels = set(metric.labels) | TARGET_LABELS
         if metric.type == "histogram":
@@ -415,7 +418,7 @@ def test_dashboard_covers_power_flow_energy_and_health():
         "rctmon_device_up", "rctmon_process_up", "rctmon_process_restarts_total",
         "rctmon_process_resident_memory_bytes", "rctmon_process_cpu_seconds_total", "rctmon_frames_received_total",
         "rctmon_decode_errors_total", "rctmon_response_seconds_bucket", "rctmon_influxdb_spool_points",
-        "rctmon_influxdb_write_errors_total",
+        "rctmon_influxdb_write_errors_total", "rctmon_inverter_events_total", "rctmon_inverter_fault_active",
     }
     assert wanted - used == set()
 
