@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -60,11 +61,15 @@ class Mosquitto:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"mosquitto exited with {self.proc.returncode}: {self.log()}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        # every listener: mosquitto opens the extra ones after the main one, and a test may use those first
+        ports = [self.port, *(int(port) for port in re.findall(r"^listener (\d+)", self._extra, re.M))]
+        for port in ports:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    pass
+            except OSError:
+                return False
+        return True
 
     def stop(self) -> None:
         if self.proc is not None:
