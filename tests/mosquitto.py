@@ -11,9 +11,12 @@ import re
 import socket
 import subprocess
 import threading
+from pathlib import Path
 from typing import Callable
+from collections.abc import Iterator
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from support import free_port, require_binary, stop_process, wait_for
@@ -127,3 +130,12 @@ class Recorder:
         self.client.disconnect()
         self.client.loop_stop()
 
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A running mosquitto, stopped after the test whatever happens."""
+    server = Mosquitto(str(tmp_path)).start()
+    try:
+        yield server
+    finally:
+        server.stop()

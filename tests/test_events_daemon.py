@@ -19,15 +19,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from mosquitto import Mosquitto, Recorder
+from mosquitto import Mosquitto, Recorder, broker
 from support import free_port, rctmon_command, scrape_samples, stop_process, wait_for
-from vmserver import VictoriaMetrics
+from vmserver import VictoriaMetrics, victoria
 
 from rctmon.exporters.homeassistant import node_id
 from rctmon.exporters.mqtt import topic_level
 from rctmon.history.events import EVENT_TYPES, type_name
 from rctmon.simulator import SimulatorOptions, SimulatorThread
 from rctmon.simulator.events import SimEvent
+
+__all__ = ["broker", "victoria"]  # fixtures, imported so that pytest finds them here
 
 NAME = "Shed PS 6.0"
 PREFIX = f"rctmon/{topic_level(NAME)}"
@@ -91,25 +93,6 @@ history:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(str(tmp_path)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def influx() -> Iterator[VictoriaMetrics]:
-    server = VictoriaMetrics()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
 def simulator() -> Iterator[SimulatorThread]:
     options = SimulatorOptions(name=NAME, battery_modules=1, events=BASE_EVENTS, event_every=EVENT_EVERY, seed=7,
                                inverter_faults=("grid_undervoltage_l1", "battery_empty"))
@@ -127,9 +110,9 @@ def recorder(broker: Mosquitto) -> Iterator[Recorder]:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, simulator: SimulatorThread, broker: Mosquitto, influx: VictoriaMetrics,
+def daemon(tmp_path: Path, simulator: SimulatorThread, broker: Mosquitto, victoria: VictoriaMetrics,
            recorder: Recorder) -> Iterator[Daemon]:
-    running = Daemon(tmp_path, simulator.port, broker.port, influx.url)
+    running = Daemon(tmp_path, simulator.port, broker.port, victoria.url)
     try:
         yield running
     finally:
@@ -156,14 +139,14 @@ def counted_like_the_simulator(counts: dict[str, float], events: list[SimEvent])
 
 
 @pytest.mark.timeout(120)
-def test_new_events_are_counted_once_and_reach_all_three_outputs(daemon, simulator, influx, recorder):
+def test_new_events_are_counted_once_and_reach_all_three_outputs(daemon, simulator, victoria, recorder):
     first = wait_for(lambda: (counts := daemon.events_total()) and counts, 30, message="the events counter")
     assert set(first) >= {t.name for t in EVENT_TYPES}  # every documented type from the start
     wait_for(lambda: daemon.metrics().get("rctmon_event_table_last_read_timestamp_seconds", 0) > 0, 20,
              message="a complete read of the event table")
 
     # The table's past, read first, is in InfluxDB but counts nothing; every event after it counts once.
-    wait_for(lambda: influx.count('{__name__="inverter_event_element2"}') >= BASE_EVENTS, 30,
+    wait_for(lambda: victoria.count('{__name__="inverter_event_element2"}') >= BASE_EVENTS, 30,
              message="the table's past in InfluxDB")
     wait_for(lambda: sum(daemon.events_total().values()) >= 3, 30, message="three new events counted")
     wait_for(lambda: counted_like_the_simulator(daemon.events_total(), raised(simulator)), 10,
@@ -181,7 +164,7 @@ def test_new_events_are_counted_once_and_reach_all_three_outputs(daemon, simulat
 
     def stored() -> bool:
         return any(ts == event.start * 1000 and dict(labels) == {"inverter": NAME, "type": kind}
-                   for _, labels, ts, _ in influx.export('{__name__="inverter_event_element2"}'))
+                   for _, labels, ts, _ in victoria.export('{__name__="inverter_event_element2"}'))
     wait_for(stored, 60, message=f"the {kind} at {event.start} in InfluxDB")
 
     def announced() -> dict[str, object] | None:
@@ -197,7 +180,7 @@ def test_new_events_are_counted_once_and_reach_all_three_outputs(daemon, simulat
 
     def ends_stored() -> bool:
         durations = {(dict(labels)["type"], ts): value
-                     for _, labels, ts, value in influx.export('{__name__="inverter_event_duration"}')}
+                     for _, labels, ts, value in victoria.export('{__name__="inverter_event_duration"}')}
         return all(durations.get((type_name(ord(e.code)), e.start * 1000)) == e.end - e.start  # type: ignore[operator]
                    for e in ended)
     wait_for(ends_stored, 30, message="the ends of the events that are over in InfluxDB")
@@ -207,7 +190,8 @@ def test_new_events_are_counted_once_and_reach_all_three_outputs(daemon, simulat
     wait_for(lambda: counted_like_the_simulator(daemon.events_total(), raised(simulator)), 10,
              message="the counts of the simulator's newest events, after ends were filled in")
     events = [e for e in table.events() if e.start <= event.start]
-    points = {(dict(labels)["type"], ts) for _, labels, ts, _ in influx.export('{__name__="inverter_event_element2"}')}
+    stored = victoria.export('{__name__="inverter_event_element2"}')
+    points = {(dict(labels)["type"], ts) for _, labels, ts, _ in stored}
     assert points == {(type_name(ord(e.code)), e.start * 1000) for e in events}
     starts = [json.loads(p)["start_timestamp"] for p in recorder.messages[f"{PREFIX}/event"]]
     assert len(starts) == len(set(starts)) and set(starts) <= {e.start for e in raised(simulator)}
@@ -242,7 +226,7 @@ def test_fault_bits_show_by_name_on_metrics_and_in_the_home_assistant_sensor(dae
 
 
 @pytest.mark.timeout(120)
-def test_a_restarted_daemon_fills_what_it_missed_and_repeats_nothing(daemon, simulator, influx, recorder):
+def test_a_restarted_daemon_fills_what_it_missed_and_repeats_nothing(daemon, simulator, victoria, recorder):
     table = simulator.simulator.records.events
     wait_for(lambda: sum(daemon.events_total().values()) >= 2, 40, message="two new events counted")
     daemon.stop()
@@ -258,7 +242,7 @@ def test_a_restarted_daemon_fills_what_it_missed_and_repeats_nothing(daemon, sim
 
     def stored() -> set[tuple[str, int]]:
         return {(dict(labels)["type"], ts)
-                for _, labels, ts, _ in influx.export('{__name__="inverter_event_element2"}')}
+                for _, labels, ts, _ in victoria.export('{__name__="inverter_event_element2"}')}
     wait_for(lambda: {(type_name(ord(e.code)), e.start * 1000) for e in missed} <= stored(), 30,
              message="the events missed while down in InfluxDB")
     wait_for(lambda: sum(daemon.events_total().values()) >= 2, 40, message="new events after the restart")

@@ -19,10 +19,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from mosquitto import Mosquitto, Recorder
+from mosquitto import Mosquitto, Recorder, broker
 from support import free_port, rctmon_command, stop_process, wait_for
 
 from rctmon.exporters.mqtt import topic_level
+
+__all__ = ["broker"]  # fixtures, imported so that pytest finds them here
 
 NAME = "Garage PS 6.0"
 PREFIX = f"rctmon/{topic_level(NAME)}"
@@ -99,15 +101,6 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(str(tmp_path)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from support import wait_messages
-from mosquitto import Mosquitto, Recorder
+from mosquitto import Mosquitto, Recorder, broker
 from support import require_binary, wait_for
 
 from rctmon import catalog, proc
@@ -32,6 +32,8 @@ from rctmon.inventory import Inventory
 from rctmon.child import run_child
 from rctmon.messages import Ack, DeviceStatus, Heartbeat, Reading, ReadingBatch, Started, Stop, Value
 from rctmon.registry import CHILD_BY_NAME
+
+__all__ = ["broker"]  # fixtures, imported so that pytest finds them here
 
 INVENTORY = Inventory(name="PS 6.0 BA3L", serial="SN123", software_version="6390", parameter_file="VDE",
                       generators=("a", "b"), battery_modules=2, power_switch=True, complete=True)
@@ -115,15 +117,6 @@ class Child:
             os.kill(self.process.pid, signal.SIGKILL)
         self.process.join(5)
         self.channel.close()
-
-
-@pytest.fixture
-def broker(tmp_path: os.PathLike[str]) -> Iterator[Mosquitto]:
-    server = Mosquitto(str(tmp_path)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
